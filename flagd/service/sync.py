@@ -1,0 +1,101 @@
+"""gRPC sync API on port 8015: `flagd.sync.v1.FlagSyncService` for in-process providers (spec B)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+
+from flagd.broadcast import Broadcast
+from flagd.metrics import DaemonMetrics
+from flagd.selector import Selector, SelectorError, parse_selector
+from flagd.service.structs import fill_struct
+from flagd.store import FlagStore
+from ripcord_pb.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):
+    """Full snapshots at subscribe time and on every change to the selected flags."""
+
+    def __init__(
+        self,
+        store: FlagStore,
+        metrics: DaemonMetrics,
+        broadcast: Broadcast,
+        *,
+        static_context: Mapping[str, Any] | None = None,
+        metadata_enabled: bool = True,
+    ):
+        self.store = store
+        self.metrics = metrics
+        self.broadcast = broadcast
+        self.static_context = dict(static_context or {})
+        self.metadata_enabled = metadata_enabled
+
+    async def _selector(self, body_selector: str, context: Context) -> Selector:
+        header = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "flagd-selector":
+                header = value if isinstance(value, str) else value.decode()
+        try:
+            # The header wins over the deprecated body field (spec B.2).
+            return parse_selector(header if header else body_selector)
+        except SelectorError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+
+    def _message(self, payload: str) -> Any:
+        message = sync_pb2.SyncFlagsResponse(flag_configuration=payload)
+        message.sync_context.SetInParent()
+        fill_struct(message.sync_context, self.static_context)
+        return message
+
+    async def SyncFlags(
+        self, request: Any, context: Context
+    ) -> AsyncIterator[Any]:
+        """Stream the selected flag set now and after every change to it."""
+        selector = await self._selector(request.selector, context)
+        wake = self.broadcast.subscribe()
+        gauge = self.metrics.open_streams.labels("sync")
+        gauge.inc()
+        sent = self.metrics.stream_messages.labels("sync", "snapshot")
+        try:
+            payload = self.store.current.view(selector).sync_payload()
+            yield self._message(payload)
+            sent.inc()
+            while True:
+                await wake.wait()
+                wake.clear()
+                if self.broadcast.closing:
+                    return
+                latest = self.store.current.view(selector).sync_payload()
+                if latest != payload:
+                    payload = latest
+                    yield self._message(payload)
+                    sent.inc()
+        finally:
+            self.broadcast.unsubscribe(wake)
+            gauge.dec()
+
+    async def FetchAllFlags(
+        self, request: Any, context: Context
+    ) -> Any:
+        """The selected flag set, once."""
+        selector = await self._selector(request.selector, context)
+        return sync_pb2.FetchAllFlagsResponse(
+            flag_configuration=self.store.current.view(selector).sync_payload()
+        )
+
+    async def GetMetadata(
+        self, request: Any, context: Context
+    ) -> Any:
+        """Static context for in-process evaluation, unless disabled (then UNIMPLEMENTED)."""
+        if not self.metadata_enabled:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "metadata endpoint disabled")
+        response = sync_pb2.GetMetadataResponse()
+        response.metadata.SetInParent()
+        fill_struct(response.metadata, self.static_context)
+        return response

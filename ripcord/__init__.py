@@ -1,0 +1,1 @@
+"""Ripcord: progressive delivery for a gRPC payment router."""

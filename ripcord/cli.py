@@ -1,0 +1,37 @@
+"""The `ripcord` command: one entry point for every process of the kit."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """\
+usage: ripcord COMMAND [ARGS...]
+
+commands:
+  flagd start ...   run the flag daemon (see `ripcord flagd start --help`)
+  demo              start the daemon on the payment flags and show evaluations and a live change
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to the sub-command's own parser."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = args[0], args[1:]
+    if command == "flagd":
+        from flagd.cli import main as flagd_main
+
+        return flagd_main(rest, prog="ripcord flagd")
+    if command == "demo":
+        from ripcord.demo import main as demo_main
+
+        return demo_main(rest)
+    print(f"ripcord: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

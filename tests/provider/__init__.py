@@ -1,0 +1,1 @@
+"""Provider-level conformance suite (run on its own: ``.venv/bin/pytest tests/provider``)."""
