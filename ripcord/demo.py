@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from flagd.process import REPO, DaemonProcess
@@ -52,7 +53,7 @@ class _Events(threading.Thread):
     def run(self) -> None:
         try:
             for message in self.stub.EventStream(ev.EventStreamRequest()):
-                data = json.loads(json.dumps(dict(message.data.items()), default=str))
+                data = MessageToDict(message.data)
                 self.arrivals.append((time.monotonic(), message.type, data))
                 flags = ", ".join(data.get("flags", {}))
                 print(f"   [event stream] {message.type} {flags}", flush=True)

@@ -57,7 +57,7 @@ def to_string(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, float):
-        return "%.15g" % value
+        return f"{value:.15g}"
     if isinstance(value, int):
         # bool is an int here too: the reference gives "True"/"False", not "true"/"false".
         return str(value)

@@ -163,8 +163,6 @@ def _targeting_key(data: Any) -> str | None:
 
 # --------------------------------------------------------------------------- operator builders
 
-Hasher = Callable[[Any], "int | None"]
-
 
 def build_fractional(args: list[Node], state: CompileState) -> Node:
     """Compile `{"fractional": [...]}` with the recipe chosen in ``state``."""
@@ -250,9 +248,7 @@ def _build(args: list[Node], recipe: _V2 | _V3) -> Node:
     if not args:
         return NULL
     first, rest = args[0], args[1:]
-    rest_const = all(node.is_const for node in rest)
-
-    if not rest_const or (first.is_const and isinstance(first.value, list) and not first.is_const):
+    if not all(node.is_const for node in rest):
         fns = tuple(node.fn for node in args)
         return Node(lambda data: _runtime([fn(data) for fn in fns], data, recipe))
 
@@ -268,26 +264,24 @@ def _build(args: list[Node], recipe: _V2 | _V3) -> Node:
         shorthand = recipe.parse(buckets_in)
         if shorthand is None:
             return NULL
-        hash_shorthand, pick_shorthand = recipe.hash_shorthand, shorthand.pick
-
-        def fractional_shorthand(data: Any) -> Any:
-            hash32 = hash_shorthand(data)
-            return None if hash32 is None else pick_shorthand(hash32)
-
-        return Node(fractional_shorthand)
+        return Node(_shorthand(recipe, shorthand))
 
     # Dynamic bucketing value, constant buckets: parse the buckets once.
     static = recipe.parse(rest_values)
     first_fn, split, hash_value = first.fn, recipe.split, recipe.hash_value
-    is_v3 = isinstance(recipe, _V3)
+    hash_text = _text_hasher(recipe)
+    variants, ends, total = (static.variants, static.ends, static.total) if static else ([], [], 0)
 
     def fractional_static(data: Any) -> Any:
         value = first_fn(data)
-        if is_v3 and type(value) is str:  # the common case, kept free of extra calls
+        if type(value) is str:  # the common case: a string key, never a bucket
             if static is None:
                 return None
-            hash32 = hash_value(value)
-            return None if hash32 is None else static.pick(hash32)
+            try:
+                hash32 = hash_text(value)
+            except UnicodeEncodeError:
+                return None
+            return variants[bisect_right(ends, (hash32 * total) >> 32)]
         is_bucket, unusable = split(value)
         if unusable:
             return None
@@ -295,7 +289,70 @@ def _build(args: list[Node], recipe: _V2 | _V3) -> Node:
             return _runtime([value, *rest_values], data, recipe)
         if static is None:
             return None
-        hash32 = hash_value(value)
-        return None if hash32 is None else static.pick(hash32)
+        other = hash_value(value)
+        return None if other is None else static.pick(other)
 
     return Node(fractional_static)
+
+
+# CBOR text-string heads for UTF-8 lengths 0..23 (one byte: major type 3 | length).
+_SHORT_TEXT_HEADS = [bytes((0x60 | size,)) for size in range(24)]
+
+
+def _text_hasher(recipe: _V2 | _V3) -> Callable[[str], int]:
+    """The recipe's hash of a string bucketing value; raises UnicodeEncodeError."""
+    murmur = mmh3.hash
+    if isinstance(recipe, _V2):
+
+        def hash_v2(text: str) -> int:
+            hash32: int = murmur(text.encode("utf-8"), 0, False)
+            return hash32
+
+        return hash_v2
+    heads = _SHORT_TEXT_HEADS
+
+    def hash_v3(text: str) -> int:
+        raw = text.encode("utf-8")
+        size = len(raw)
+        hash32: int = murmur(heads[size] + raw if size < 24 else cbor_text(text), 0, False)
+        return hash32
+
+    return hash_v3
+
+
+def _shorthand(recipe: _V2 | _V3, buckets: Buckets) -> Callable[[Any], Any]:
+    """Bucketing on the targeting key (`[flagKey, targetingKey]` in v3, concatenated in v2)."""
+    murmur = mmh3.hash
+    variants, ends, total = buckets.variants, buckets.ends, buckets.total
+    to_bytes: Callable[[str], bytes]
+    if isinstance(recipe, _V2):
+        prefix = recipe.flag_key
+
+        def concatenated(key: str) -> bytes:
+            return (prefix + key).encode("utf-8")
+
+        to_bytes = concatenated
+    else:
+        head = recipe.shorthand_prefix
+        if head is None:
+            return lambda _data: None
+        heads = _SHORT_TEXT_HEADS
+
+        def cbor_pair(key: str) -> bytes:
+            raw = key.encode("utf-8")
+            size = len(raw)
+            return head + (heads[size] + raw if size < 24 else cbor_text(key))
+
+        to_bytes = cbor_pair
+
+    def fractional_shorthand(data: Any) -> Any:
+        key = data.get("targetingKey") if isinstance(data, dict) else None
+        if type(key) is not str or not key:
+            return None
+        try:
+            hash32: int = murmur(to_bytes(key), 0, False)
+        except UnicodeEncodeError:
+            return None
+        return variants[bisect_right(ends, (hash32 * total) >> 32)]
+
+    return fractional_shorthand

@@ -2,11 +2,13 @@
 
 Evaluating the result never looks at the rule's JSON again: constants are folded, `var`
 paths are split ahead of time and operators are bound directly. Semantics follow the
-engine flagd-core uses (`panzi-json-logic` 1.0.1; see ``coercion``) with two deliberate
-differences, both about rules that engine would only reject or misread at run time:
+engine flagd-core uses (`panzi-json-logic` 1.0.1; see ``coercion``) with three deliberate
+differences:
 
 - an unknown operator anywhere in the rule (an unexpanded `{"$ref": ...}` included) fails
-  compilation, so the flag evaluates to PARSE_ERROR even on paths that never reach it;
+  compilation, so the flag evaluates to PARSE_ERROR even on paths that never reach it
+  (the reference only fails when evaluation reaches it);
+- `log` is not an operator: it is outside flagd's operator set and would write to stdout;
 - `reduce` evaluates its initial value like JavaScript and Go do (the reference engine
   uses the raw JSON as the accumulator).
 
@@ -43,12 +45,15 @@ class RuleError(ValueError):
 class Node:
     """One compiled sub-rule; ``value`` is meaningful only when ``is_const``."""
 
-    __slots__ = ("fn", "is_const", "value")
+    __slots__ = ("fn", "is_const", "prop", "value")
 
     def __init__(self, fn: Evaluator, is_const: bool = False, value: Any = None) -> None:
         self.fn = fn
         self.is_const = is_const
         self.value = value
+        # Set for `{"var": "<prop>"}` (one step, no default): with dict data the node is
+        # exactly `data.get(prop)`, so parents inline it instead of calling ``fn``.
+        self.prop: str | None = None
 
 
 def const(value: Any) -> Node:
@@ -57,6 +62,21 @@ def const(value: Any) -> Node:
 
 
 NULL = const(None)
+
+
+def discard(nodes: list[Node], result: Node = NULL) -> Node:
+    """``result``, after evaluating ``nodes`` for their errors (arguments are always evaluated)."""
+    fns = tuple(node.fn for node in nodes if not node.is_const)
+    if not fns:
+        return result
+    rf = result.fn
+
+    def evaluate_then(data: Any) -> Any:
+        for fn in fns:
+            fn(data)
+        return rf(data)
+
+    return Node(evaluate_then)
 
 
 class CompileState:
@@ -118,8 +138,8 @@ def _walk(data: Any, steps: tuple[Step, ...], default: Any) -> Any:
 def _var_number(data: Any, key: int | float, default: Any) -> Any:
     if isinstance(data, (list, str)):
         try:
-            index = int(key)
-        except (ValueError, OverflowError):
+            index = int(key)  # an infinite key raises OverflowError, as in the reference
+        except ValueError:
             return default
         if index != key or index < 0 or index >= len(data):
             return default
@@ -334,6 +354,93 @@ def _membership(members: list[Any]) -> Callable[..., bool]:
     return op_in_const
 
 
+def _gt(a: Any, b: Any) -> bool:
+    return less_than(b, a)
+
+
+def _ge(a: Any, b: Any) -> bool:
+    return less_equal(b, a)
+
+
+def _ne(a: Any, b: Any) -> bool:
+    return not loose_equals(a, b)
+
+
+# Two-argument forms without the reference's optional-argument handling.
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "==": loose_equals,
+    "!=": _ne,
+    "<": less_than,
+    "<=": less_equal,
+    ">": _gt,
+    ">=": _ge,
+}
+
+
+def _unary(fn: Callable[..., Any], arg: Node) -> Node:
+    f0, prop = arg.fn, arg.prop
+    if prop is not None:
+        return Node(lambda data: fn(data.get(prop) if type(data) is dict else f0(data)))
+    return Node(lambda data: fn(f0(data)))
+
+
+def _binary(op: str, fn: Callable[[Any, Any], Any], first: Node, second: Node) -> Node:
+    """A two-argument operator, specialised for the usual `{"op": [{"var": x}, constant]}`."""
+    if not (first.is_const or second.is_const):
+        f0, f1 = first.fn, second.fn
+        return Node(lambda data: fn(f0(data), f1(data)))
+    var_first = second.is_const
+    var, constant = (first, second.value) if var_first else (second, first.value)
+    get, prop = var.fn, var.prop
+    if op in ("==", "!=") and type(constant) is str:
+        equal = op == "=="
+
+        def compare_text(data: Any) -> Any:
+            value = data.get(prop) if prop is not None and type(data) is dict else get(data)
+            if type(value) is str:
+                return (value == constant) is equal
+            return fn(value, constant) if var_first else fn(constant, value)
+
+        return Node(compare_text)
+    if prop is not None:
+        if var_first:
+            return Node(
+                lambda data: fn(data.get(prop) if type(data) is dict else get(data), constant)
+            )
+        return Node(lambda data: fn(constant, data.get(prop) if type(data) is dict else get(data)))
+    if var_first:
+        return Node(lambda data: fn(get(data), constant))
+    return Node(lambda data: fn(constant, get(data)))
+
+
+def _cat(nodes: list[Node]) -> Node:
+    """`cat` with constant parts stringified once."""
+    parts: list[tuple[bool, Any]] = [
+        (True, to_string(node.value)) if node.is_const else (False, node.fn) for node in nodes
+    ]
+    if len(parts) == 2 and parts[0][0] and not parts[1][0]:
+        prefix: str = parts[0][1]
+        get = parts[1][1]
+
+        def cat_suffix(data: Any) -> str:
+            value = get(data)
+            return prefix + (value if type(value) is str else to_string(value))
+
+        return Node(cat_suffix)
+
+    def cat_all(data: Any) -> str:
+        out = []
+        for is_text, part in parts:
+            if is_text:
+                out.append(part)
+            else:
+                value = part(data)
+                out.append(value if type(value) is str else to_string(value))
+        return "".join(out)
+
+    return Node(cat_all)
+
+
 # --------------------------------------------------------------------------- compiler
 
 
@@ -415,21 +522,13 @@ class RuleCompiler:
             and isinstance(nodes[1].value, list)
             and all(type(m) in _HASHABLE_SCALARS or type(m) is bool for m in nodes[1].value)
         ):
-            fn = _membership(nodes[1].value)
-            nodes = nodes[:1]
+            return _unary(_membership(nodes[1].value), nodes[0])
+        if op == "cat":
+            return _cat(nodes)
         if len(nodes) == 1:
-            f0 = nodes[0].fn
-            return Node(lambda data: fn(f0(data)))
+            return _unary(fn, nodes[0])
         if len(nodes) == 2:
-            first, second = nodes
-            f0, f1 = first.fn, second.fn
-            if second.is_const:
-                v1 = second.value
-                return Node(lambda data: fn(f0(data), v1))
-            if first.is_const:
-                v0 = first.value
-                return Node(lambda data: fn(v0, f1(data)))
-            return Node(lambda data: fn(f0(data), f1(data)))
+            return _binary(op, _BINARY.get(op, fn), nodes[0], nodes[1])
         if len(nodes) == 3:
             f0, f1, f2 = (node.fn for node in nodes)
             return Node(lambda data: fn(f0(data), f1(data), f2(data)))
@@ -442,13 +541,18 @@ class RuleCompiler:
         """Note a top-level read that can see `$flagd` or the whole context."""
         if self.state.depth:
             return
-        if key is None or (isinstance(key, str) and key == ""):
-            self.state.needs_flagd = True
-        elif not isinstance(key, (int, float)) and to_string(key).split(".")[0] == "$flagd":
+        whole = key is None or (isinstance(key, str) and key == "")
+        if whole or (
+            not isinstance(key, (int, float)) and to_string(key).split(".")[0] == "$flagd"
+        ):
             self.state.needs_flagd = True
 
     def _var(self, args: list[Any]) -> Node:
         nodes = [self._compile(arg) for arg in args]
+        node = self._var_node(nodes[:2])
+        return discard(nodes[2:], node) if len(nodes) > 2 else node
+
+    def _var_node(self, nodes: list[Node]) -> Node:
         key_node = nodes[0] if nodes else NULL
         default_node = nodes[1] if len(nodes) > 1 else NULL
         if not key_node.is_const:
@@ -487,7 +591,10 @@ class RuleCompiler:
                     return default if value is None else value
                 return _walk(data, steps, default)
 
-            return Node(var_top)
+            node = Node(var_top)
+            if default is None:
+                node.prop = prop
+            return node
         if len(steps) == 2:
             outer, inner = steps[0][0], steps[1][0]
 

@@ -42,7 +42,7 @@ NOT_FOUND = Resolution(
     reason=Reason.ERROR, error=ErrorCode.FLAG_NOT_FOUND, error_message="Flag not found"
 )
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = Any  # grpc.aio.ServicerContext; grpc ships no usable type stubs
 
 
 class RpcError(Exception):

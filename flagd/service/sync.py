@@ -14,10 +14,10 @@ from flagd.service.structs import fill_struct
 from flagd.store import FlagStore
 from ripcord_pb.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = Any  # grpc.aio.ServicerContext; grpc ships no usable type stubs
 
 
-class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):
+class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
     """Full snapshots at subscribe time and on every change to the selected flags."""
 
     def __init__(

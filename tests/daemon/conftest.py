@@ -48,9 +48,10 @@ class RunningDaemon(DaemonProcess):
         return sync_pb2_grpc.FlagSyncServiceStub(self.channel(self.sync_port))
 
     def stop(self, timeout: float = 10.0) -> int:
+        code = super().stop(timeout)
         for ch in self.channels:
             ch.close()
-        return super().stop(timeout)
+        return code
 
 
 @pytest.fixture

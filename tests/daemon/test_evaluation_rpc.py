@@ -192,8 +192,8 @@ def test_malformed_request_bytes_and_huge_context(daemon):
     code, details = code_of(lambda: raw(b"\xff\xff\xff\xff", timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "ResolveBooleanRequest" in details
-    # A context field of the wrong wire type: field 2 (context) sent as a varint.
-    code, _ = code_of(lambda: raw(b"\x0a\x01a\x10\x01", timeout=5))
+    # The context field (2) claims 5 bytes but the message ends after 2: a truncated Struct.
+    code, _ = code_of(lambda: raw(b"\x0a\x01a\x12\x05ab", timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
     big = ctx(blob="x" * 1_000_000, email="q@example.com")

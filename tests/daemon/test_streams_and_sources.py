@@ -31,9 +31,9 @@ def flags_doc(default: str = "on", extra: dict[str, Any] | None = None) -> dict[
     return doc
 
 
-def pump(stream) -> queue.Queue:
+def pump(stream) -> queue.Queue[tuple[float, Any]]:
     """Read a server stream on a thread into a queue of (arrival time, message)."""
-    q: queue.Queue = queue.Queue()
+    q: queue.Queue[tuple[float, Any]] = queue.Queue()
 
     def run() -> None:
         try:

@@ -112,7 +112,7 @@ def _write_in_place(path: Path, data: dict[str, Any]) -> None:
         handle.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
 
 
-def _http_status(url: str, timeout: float = 0.5) -> int | None:
+def http_status(url: str, timeout: float = 0.5) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return int(response.status)
@@ -133,7 +133,8 @@ class _Running:
 @dataclass
 class Launchpad:
     workdir: Path
-    python: str = sys.executable
+    # the daemon's entry point; "start" and the options follow
+    daemon_command: tuple[str, ...] = (sys.executable, "-m", "flagd")
     stop_records: list[StopRecord] = field(default_factory=list)
     restart_errors: list[str] = field(default_factory=list)
     starts: int = 0
@@ -250,9 +251,7 @@ class Launchpad:
 
     def _command(self, profile: Profile, ports: Ports) -> list[str]:
         return [
-            self.python,
-            "-m",
-            "flagd",
+            *self.daemon_command,
             "start",
             "--config",
             f"configs/{profile.config}.json",
@@ -306,7 +305,7 @@ class Launchpad:
 
     @staticmethod
     def _is_ready(ports: Ports) -> bool:
-        return _http_status(f"http://127.0.0.1:{ports.management}/readyz") == 200
+        return http_status(f"http://127.0.0.1:{ports.management}/readyz") == 200
 
     def _stop_locked(self, graceful: bool) -> None:
         running = self._running

@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from .launchpad import Launchpad, combine_flag_files
+from .launchpad import Launchpad, Profile, combine_flag_files, http_status
 from .steps import STEP_DEFS, World, find_step, isolated_flagd_env, run_step, starts_provider
 from .suite import (
     FLAGS_DIR,
@@ -273,3 +275,38 @@ def test_daemon_protobufs_are_not_imported() -> None:
     # The provider's generated modules and ours register the same proto symbols.
     clashing = sorted(m for m in sys.modules if m.split(".")[0] in ("ripcord_pb", "flagd"))
     assert not clashing, clashing
+
+
+def test_launchpad_process_control(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """start / reuse / restart-after-N-seconds / profile switch / stop, against a stand-in."""
+    fake = Path(__file__).with_name("fake_daemon.py")
+    pad = Launchpad(tmp_path_factory.mktemp("launchpad-fake"), (sys.executable, str(fake)))
+    try:
+        default = Profile("default")
+        ports = pad.ensure_running(default)
+        assert http_status(f"http://127.0.0.1:{ports.management}/readyz") == 200
+        assert pad.ensure_running(default) == ports and pad.starts == 1  # reused
+
+        pad.restart_after(1)  # kill now, back on the same ports after 1 s
+        assert http_status(f"http://127.0.0.1:{ports.management}/readyz") is None
+        deadline = time.monotonic() + 10
+        while http_status(f"http://127.0.0.1:{ports.management}/readyz") != 200:
+            assert time.monotonic() < deadline, pad.log_tail()
+            time.sleep(0.05)
+        assert pad.starts == 2 and pad.current_ports() == ports
+        assert pad.stop_records[-1].how == "SIGKILL"
+
+        pad.restart_after(1)  # a start before the delay is over cancels the delayed restart
+        fresh = pad.ensure_running(default)
+        time.sleep(1.5)
+        assert pad.starts == 3 and pad.current_ports() == fresh and not pad.restart_errors
+
+        v2 = pad.ensure_running(Profile("default", ("--fractional", "v2")))  # profile switch
+        assert pad.starts == 4 and v2 != fresh
+        assert (pad.stop_records[-1].how, pad.stop_records[-1].returncode) == ("SIGTERM", 0)
+        pad.ensure_running(Profile("metadata"))
+        assert pad.starts == 5
+    finally:
+        pad.stop()
+    assert (pad.stop_records[-1].how, pad.stop_records[-1].returncode) == ("SIGTERM", 0)
+    assert pad.current_ports() is None
