@@ -5,14 +5,28 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from openfeature import api
 
 from .launchpad import Launchpad
 
 _MODE_OF: dict[str, str] = {}
 _RESULTS: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 _LAUNCHPADS: list[Launchpad] = []
+_HERE = Path(__file__).resolve().parent
+_IGNORED_IN_FOREIGN_RUN: list[str] = []
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Only collect this suite in its own run (rootdir = this directory, see pytest.ini). In a
+    run of the whole tree that forgot ``--ignore=tests/provider`` the provider's protobuf
+    modules would clash with ripcord_pb ("duplicate symbol"); skip with a note instead."""
+    if Path(str(config.rootpath)).resolve() != _HERE and collection_path.suffix == ".py":
+        _IGNORED_IN_FOREIGN_RUN.append(collection_path.name)
+        return True
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +36,7 @@ def launchpad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launchpad]:
     try:
         yield pad
     finally:
+        api.clear_providers()  # waits for the providers' shutdown
         pad.stop()
 
 
@@ -54,6 +69,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _IGNORED_IN_FOREIGN_RUN:
+        terminalreporter.write_line(
+            "tests/provider was not collected: run it on its own (.venv/bin/pytest tests/provider)"
+        )
     if not _RESULTS:
         return
     write = terminalreporter.write_line
@@ -65,8 +84,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for pad in _LAUNCHPADS:
         unclean = [r for r in pad.stop_records if r.how == "SIGTERM" and r.returncode != 0]
         slow = [r for r in pad.stop_records if r.note.startswith("did not exit")]
+        died = [r for r in pad.stop_records if r.how == "none"]
         write(
-            f"daemon: {pad.starts} starts; graceful stops with exit code != 0: {len(unclean)}; "
-            f"ignored SIGTERM: {len(slow)}; failed delayed restarts: {len(pad.restart_errors)}"
+            f"daemon: {pad.starts} starts; exited on its own: {len(died)}; graceful stops with "
+            f"exit code != 0: {len(unclean)}; ignored SIGTERM: {len(slow)}; failed delayed "
+            f"restarts: {len(pad.restart_errors)}"
         )
         write(f"daemon logs: {pad.logs_dir}")

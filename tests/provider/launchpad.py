@@ -10,8 +10,9 @@ daemon (``python -m flagd start``) as a subprocess:
   does not start with ``selector-`` (``launchpad/pkg/json.go``), ``configs/`` holds the
   launchpad configs verbatim; the daemon runs with that directory as its cwd, so the relative
   source URIs in the configs (and the ``source`` selectors in the features) line up;
-* ``restart_after(n)`` kills the daemon at once (upstream uses ``Process.Kill``) and starts it
-  again ``n`` seconds later on the same ports, without blocking the caller;
+* ``restart_after(n)`` kills the daemon at once (upstream uses ``Process.Kill``) and deletes the
+  merged flag file, then ``n`` seconds later re-creates the file and starts the daemon again on
+  the same ports, without blocking the caller;
 * ``change()`` toggles ``changing-flag``'s ``defaultVariant`` foo <-> bar in
   ``rawflags/changing-flag.json`` and re-merges ``flags/allFlags.json`` (what the upstream file
   watcher does), writing in place like Go's ``os.WriteFile``.
@@ -191,27 +192,39 @@ class Launchpad:
             ):
                 return running.ports
             self._stop_locked(graceful=True)
+            self._merge_if_missing()
             ports = Ports(*free_ports(3))
             self._spawn_locked(profile, ports)
             return ports
 
     def restart_after(self, seconds: float) -> None:
-        """``/restart?seconds=``: kill now, start again (same profile and ports) later."""
+        """``/restart?seconds=``: kill the daemon and delete the merged flag file now; after
+        ``seconds`` re-create the file and start the daemon again (same profile and ports).
+
+        Deleting ``flags/allFlags.json`` is what upstream does too (``RestartFlagd`` ->
+        ``deleteCombinedFlagsFile``): it is how "the connection is lost" reaches a provider in
+        file mode. The daemon never sees the missing file: it is down while it is missing."""
         with self._lock:
             self._cancel_pending_restart()
             running = self._running or self._last
-            if running is None:
-                raise DaemonError("restart requested but the daemon was never started")
             self._stop_locked(graceful=False)
+            self.merged_file.unlink(missing_ok=True)
             cancelled = threading.Event()
             self._pending_restart = cancelled
             thread = threading.Thread(
                 target=self._delayed_start,
-                args=(cancelled, seconds, running.profile, running.ports),
+                args=(cancelled, seconds, (running.profile, running.ports) if running else None),
                 name="launchpad-restart",
                 daemon=True,
             )
             thread.start()
+
+    def prepare_files(self) -> None:
+        """What ``/start`` does to the files (``ensureStartConditions``), without a daemon:
+        cancel a pending delayed restart and re-create the merged file if it is missing."""
+        with self._lock:
+            self._cancel_pending_restart()
+            self._merge_if_missing()
 
     def stop(self) -> None:
         with self._lock:
@@ -236,7 +249,10 @@ class Launchpad:
             self._pending_restart = None
 
     def _delayed_start(
-        self, cancelled: threading.Event, seconds: float, profile: Profile, ports: Ports
+        self,
+        cancelled: threading.Event,
+        seconds: float,
+        daemon: tuple[Profile, Ports] | None,
     ) -> None:
         if cancelled.wait(seconds):
             return
@@ -244,10 +260,17 @@ class Launchpad:
             if cancelled.is_set() or self._pending_restart is not cancelled:
                 return
             self._pending_restart = None
+            self._merge_if_missing()
+            if daemon is None:
+                return
             try:
-                self._spawn_locked(profile, ports)
+                self._spawn_locked(*daemon)
             except DaemonError as err:
                 self.restart_errors.append(str(err))
+
+    def _merge_if_missing(self) -> None:
+        if not self.merged_file.exists():
+            self.merge()
 
     def _command(self, profile: Profile, ports: Ports) -> list[str]:
         return [

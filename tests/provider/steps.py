@@ -13,9 +13,11 @@ Deliberate differences (each makes a step stricter or the run faster, never loos
   consumed events from a list with a remove-while-iterating loop);
 * "the resolved details value should be" also checks the Python type (a Boolean flag must
   resolve to a bool, not to 1);
+* reconnect timings: see ``_base_options``;
 * READY is polled every 20 ms instead of every 2 s;
 * the "unavailable" provider points at a port nothing listens on (upstream uses defaults,
-  i.e. localhost:8013/8015, which may be taken on a developer machine);
+  i.e. localhost:8013/8015, which may be taken on a developer machine), in file mode at a
+  file that does not exist;
 * FLAGD_* variables of the surrounding environment are removed for the duration of a
   scenario, so config defaults are really the defaults.
 """
@@ -40,9 +42,10 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import EventDetails, ProviderEvent
 from openfeature.flag_evaluation import FlagEvaluationDetails
 from openfeature.provider import ProviderStatus
+from openfeature.provider.no_op_provider import NoOpProvider
 
 from .launchpad import Launchpad, Profile, free_port
-from .suite import RPC, Scenario, Step
+from .suite import FILE, IN_PROCESS, RPC, Scenario, Step
 
 READY_WAIT_S = 10.0  # upstream wait_for(... READY, timeout_sec=10)
 EVENT_WAIT_S = 30.0  # upstream assert_handlers(..., 30)
@@ -175,10 +178,15 @@ class World:
     config_or_error: tuple[Config | None, bool] | None = None
     events: EventLog = field(default_factory=EventLog)
     last_event: EventDetails | None = None
+    handlers: list[tuple[ProviderEvent, Callable[[EventDetails], None]]] = field(
+        default_factory=list
+    )
 
     @property
     def resolver(self) -> ResolverType:
-        return ResolverType.RPC if self.mode == RPC else ResolverType.IN_PROCESS
+        return {RPC: ResolverType.RPC, IN_PROCESS: ResolverType.IN_PROCESS}.get(
+            self.mode, ResolverType.FILE
+        )
 
     def need_launchpad(self) -> Launchpad:
         if self.launchpad is None:
@@ -209,8 +217,20 @@ class World:
         return Profile(PROVIDER_LAUNCHPAD_CONFIG[provider_type], extra)
 
     def close(self) -> None:
-        # Shuts down every registered provider synchronously and drops all event handlers.
-        api.clear_providers()
+        """Detach this scenario's handlers and retire its provider.
+
+        Replacing the domain's provider makes the SDK shut the old one down on a background
+        thread (a synchronous ``api.clear_providers()`` costs ~0.2 s per scenario, mostly
+        gRPC channel close); every scenario uses its own domain, and its handlers are gone
+        first, so nothing of it reaches later scenarios. The session fixture finally calls
+        ``api.clear_providers()``."""
+        if self.client is not None:
+            for event, handler in self.handlers:
+                self.client.remove_handler(event, handler)
+        self.handlers.clear()
+        if self.provider is not None:
+            api.set_provider(NoOpProvider(), self.domain)
+            self.provider = None
 
 
 # --------------------------------------------------------------------------- registry
@@ -309,7 +329,18 @@ def check_option_error(world: World) -> None:
 
 
 def _base_options(world: World, port: int) -> dict[str, Any]:
-    # upstream get_default_options_for_provider
+    """upstream get_default_options_for_provider, with two reconnect timings changed.
+
+    The 0.6.1 provider only notices an outage when it re-opens its stream, a flat
+    ``retry_backoff_max_ms`` (default 5000) after the stream broke; only then does the channel
+    report TRANSIENT_FAILURE (-> STALE), and ERROR follows ``retry_grace_period`` s later unless
+    the channel is READY again. With upstream's values (grace 3 s, default max backoff) a 5 s
+    outage against our daemon gives STALE at 6.0 s and READY at 6.8 s and never ERROR, so the
+    "lost for 3s/5s -> error -> ready" scenarios could not pass, and the 1 s one raced. With a
+    0.5 s re-open delay and a 1 s grace period every scenario's event order is deterministic:
+    STALE ~0.5 s after the loss, ERROR ~1.5 s after it, READY shortly after the daemon is back
+    (measured for 1 s and 3 s outages, RPC and in-process).
+    """
     return {
         "resolver_type": world.resolver,
         "host": "localhost",
@@ -317,24 +348,41 @@ def _base_options(world: World, port: int) -> dict[str, Any]:
         "deadline_ms": 1000,
         "stream_deadline_ms": 0,
         "retry_backoff_ms": 1000,
-        "retry_grace_period": 3,
+        "retry_backoff_max_ms": 500,  # upstream: provider default (5000 in 0.6.1)
+        "retry_grace_period": 1,  # upstream: 3
     }
 
 
 @step(r"a (?P<provider_type>\w+) flagd provider")
 def setup_provider(world: World, provider_type: str) -> None:
     wait = True
-    if provider_type == "unavailable":
-        options = _base_options(world, free_port())  # nothing listens there
-        wait = False
-    elif provider_type in PROVIDER_LAUNCHPAD_CONFIG:
-        ports = world.need_launchpad().ensure_running(world.daemon_profile(provider_type))
-        options = _base_options(world, ports.evaluation if world.mode == RPC else ports.sync)
-    else:
+    if provider_type not in (*PROVIDER_LAUNCHPAD_CONFIG, "unavailable"):
         raise AssertionError(
             f"'{provider_type}' flagd provider is not supported by this harness "
             "(see the exclusion table in test_conformance.py)"
         )
+    launchpad = world.need_launchpad()
+    if world.mode == FILE:
+        # no daemon: the provider reads the launchpad's files (upstream: the merged file, or
+        # for a `rawflags/...` selector that raw file)
+        launchpad.prepare_files()
+        options = _base_options(world, 0)
+        del options["port"]
+        selector = str(world.option_values.get("selector", ""))
+        if provider_type == "unavailable":
+            path = launchpad.workdir / "no-such-flags.json"
+            wait = False
+        elif selector.startswith("rawflags/"):
+            path = launchpad.workdir / selector
+        else:
+            path = launchpad.merged_file
+        options["offline_flag_source_path"] = str(path)
+    elif provider_type == "unavailable":
+        options = _base_options(world, free_port())  # nothing listens there
+        wait = False
+    else:
+        ports = launchpad.ensure_running(world.daemon_profile(provider_type))
+        options = _base_options(world, ports.evaluation if world.mode == RPC else ports.sync)
     options.update(world.option_values)
     provider = FlagdProvider(**options)
     world.provider = provider
@@ -503,6 +551,7 @@ def add_event_handler(world: World, event_type: str) -> None:
         log.record(event_type, details)
 
     world.need_client().add_handler(EVENTS[event_type], handler)
+    world.handlers.append((EVENTS[event_type], handler))
 
 
 def _consume(world: World, event_type: str, timeout: float) -> EventDetails:

@@ -30,7 +30,8 @@ LAUNCHPAD_CONFIGS_DIR = TESTBED_DIR / "launchpad" / "configs"
 
 RPC = "rpc"
 IN_PROCESS = "in-process"
-MODES: tuple[str, ...] = (RPC, IN_PROCESS)
+FILE = "file"  # bonus: the provider's offline mode on the launchpad's files, no daemon
+MODES: tuple[str, ...] = (RPC, IN_PROCESS, FILE)
 
 
 @dataclass(frozen=True)

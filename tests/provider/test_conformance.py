@@ -1,5 +1,8 @@
 """Provider-level conformance: the upstream flagd-testbed suites, run through the real
-``openfeature-provider-flagd==0.6.1`` against our daemon (``python -m flagd start``).
+``openfeature-provider-flagd==0.6.1`` against our daemon (``python -m flagd start``), for the
+resolver modes ``rpc`` and ``in-process``. The ``file`` mode (the provider reading the
+launchpad's flag files, no daemon involved) runs too, as a check of the harness and of the
+test data.
 
 Run on its own (the provider's generated protobuf modules clash with ``ripcord_pb``)::
 
@@ -24,6 +27,7 @@ import pytest
 from .launchpad import Launchpad, Profile, combine_flag_files, http_status
 from .steps import STEP_DEFS, World, find_step, isolated_flagd_env, run_step, starts_provider
 from .suite import (
+    FILE,
     FLAGS_DIR,
     IN_PROCESS,
     MODES,
@@ -38,7 +42,8 @@ from .suite import (
 
 PROVIDER_ONLY = True  # Exclusion.provider_scenarios_only
 
-# Tag -> reason. Applies to both resolver modes unless ``modes`` says otherwise.
+# Tag -> reason. Applies to every resolver mode (rpc, in-process, file) unless ``modes`` says
+# otherwise.
 EXCLUSIONS: tuple[Exclusion, ...] = (
     Exclusion(
         "fractional-v1",
@@ -47,10 +52,16 @@ EXCLUSIONS: tuple[Exclusion, ...] = (
     ),
     Exclusion(
         "fractional-v2",
-        "in-process evaluation happens in the provider (openfeature-flagd-core 2.0.0), which "
-        "implements fractional v3 only (spec E.4); v2 examples run in RPC mode against a daemon "
-        "started with --fractional v2",
-        modes=frozenset({IN_PROCESS}),
+        "in-process and file evaluation happen in the provider (openfeature-flagd-core 2.0.0), "
+        "which implements fractional v3 only (spec E.4); v2 examples run in RPC mode against a "
+        "daemon started with --fractional v2",
+        modes=frozenset({IN_PROCESS, FILE}),
+    ),
+    Exclusion(
+        "grace",
+        "file mode: the file connector has no STALE state (a missing file is an ERROR at once); "
+        "upstream excludes it for file mode too",
+        modes=frozenset({FILE}),
     ),
     Exclusion(
         "targetURI",
@@ -72,7 +83,8 @@ EXCLUSIONS: tuple[Exclusion, ...] = (
     Exclusion(
         "deprecated",
         "superseded by @no-default-variant, which expects the opposite outcome for the same "
-        "flags (reason DEFAULT instead of ERROR/FLAG_NOT_FOUND); upstream also excludes it",
+        "flags (reason DEFAULT instead of ERROR/FLAG_NOT_FOUND); upstream's RPC run excludes it "
+        "too",
     ),
 )
 
@@ -96,8 +108,15 @@ SELECTIONS: dict[str, Selection] = {
 def _params() -> list[object]:
     params: list[object] = []
     for mode in MODES:
+        # RPC @fractional-v2 rows need a daemon started with --fractional v2: keep them
+        # together (per feature) so the daemon switches profile once, not per outline
         for case in sorted(
-            SELECTIONS[mode].all, key=lambda c: (c.scenario.feature, c.scenario.line)
+            SELECTIONS[mode].all,
+            key=lambda c: (
+                c.scenario.feature,
+                mode == RPC and "fractional-v2" in c.scenario.tags,
+                c.scenario.line,
+            ),
         ):
             marks: list[pytest.MarkDecorator] = []
             if case.excluded_by:
@@ -153,10 +172,7 @@ def test_every_step_definition_is_used() -> None:
     texts = {s.text for case in _included() for s in case.scenario.steps}
     unused = [d.pattern.pattern for d in STEP_DEFS if not any(d.match(t) for t in texts)]
     # only steps of scenarios we do not run may be unused
-    assert set(unused) == {
-        r"we should have an error",  # config.feature, @file only
-        r"the client should be in (?P<status>\w+) state",  # @forbidden
-    }, unused
+    assert unused == [r"the client should be in (?P<status>\w+) state"], unused  # @forbidden
 
 
 def test_outlines_are_expanded_with_examples_tags() -> None:
@@ -289,11 +305,12 @@ def test_launchpad_process_control(tmp_path_factory: pytest.TempPathFactory) -> 
 
         pad.restart_after(1)  # kill now, back on the same ports after 1 s
         assert http_status(f"http://127.0.0.1:{ports.management}/readyz") is None
+        assert not pad.merged_file.exists()  # upstream deletes it too (file-mode "outage")
         deadline = time.monotonic() + 10
         while http_status(f"http://127.0.0.1:{ports.management}/readyz") != 200:
             assert time.monotonic() < deadline, pad.log_tail()
             time.sleep(0.05)
-        assert pad.starts == 2 and pad.current_ports() == ports
+        assert pad.starts == 2 and pad.current_ports() == ports and pad.merged_file.exists()
         assert pad.stop_records[-1].how == "SIGKILL"
 
         pad.restart_after(1)  # a start before the delay is over cancels the delayed restart
