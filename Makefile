@@ -44,6 +44,7 @@ proto-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test-unit: $(STAMP)

@@ -53,9 +53,7 @@ class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
         fill_struct(message.sync_context, self.static_context)
         return message
 
-    async def SyncFlags(
-        self, request: Any, context: Context
-    ) -> AsyncIterator[Any]:
+    async def SyncFlags(self, request: Any, context: Context) -> AsyncIterator[Any]:
         """Stream the selected flag set now and after every change to it."""
         selector = await self._selector(request.selector, context)
         wake = self.broadcast.subscribe()
@@ -80,18 +78,14 @@ class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
             self.broadcast.unsubscribe(wake)
             gauge.dec()
 
-    async def FetchAllFlags(
-        self, request: Any, context: Context
-    ) -> Any:
+    async def FetchAllFlags(self, request: Any, context: Context) -> Any:
         """The selected flag set, once."""
         selector = await self._selector(request.selector, context)
         return sync_pb2.FetchAllFlagsResponse(
             flag_configuration=self.store.current.view(selector).sync_payload()
         )
 
-    async def GetMetadata(
-        self, request: Any, context: Context
-    ) -> Any:
+    async def GetMetadata(self, request: Any, context: Context) -> Any:
         """Static context for in-process evaluation, unless disabled (then UNIMPLEMENTED)."""
         if not self.metadata_enabled:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "metadata endpoint disabled")
