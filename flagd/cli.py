@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from flagd import auth
 from flagd.daemon import Daemon, DaemonConfig
 from flagd.definitions import DefinitionError
 
@@ -104,7 +105,40 @@ def build_parser(prog: str = "flagd") -> argparse.ArgumentParser:
         default=None,
         help="answer GetMetadata with UNIMPLEMENTED (providers then use sync_context)",
     )
+    start.add_argument(
+        "--state",
+        default=None,
+        metavar="URL",
+        help="durable admin state and audit trail: postgresql://user@host:port/db for several "
+        "replicas (default: SQLite under --state-dir)",
+    )
+    start.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="directory of the embedded SQLite state (default .state/flagd)",
+    )
+    start.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="hashed admin tokens, one `sha256:<hex> <principal> <role>` per line "
+        "(see `hash-token`); tokens in $RIPCORD_TOKENS are added",
+    )
+    start.add_argument(
+        "--require-token",
+        action="store_true",
+        default=None,
+        help="require a viewer token for evaluation and sync too (open by default, as in flagd)",
+    )
+    start.add_argument("--tls-cert", default=None, metavar="PEM", help="serve gRPC over TLS")
+    start.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
+    start.add_argument(
+        "--tls-client-ca", default=None, metavar="PEM", help="require client certificates (mTLS)"
+    )
     start.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    hash_token = commands.add_parser("hash-token", help=auth.HASH_TOKEN_HELP)
+    auth.configure_hash_token_parser(hash_token)
     return parser
 
 
@@ -141,11 +175,22 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         static_context=static,
         header_context=headers,
         sync_metadata=not pick(args.disable_sync_metadata, "disable-sync-metadata", False),
+        state=pick(args.state, "state", ""),
+        state_dir=pick(args.state_dir, "state-dir", ".state/flagd"),
+        token_file=pick(args.token_file, "token-file", None),
+        require_token=bool(pick(args.require_token, "require-token", False)),
+        tls_cert=pick(args.tls_cert, "server-cert-path", None),
+        tls_key=pick(args.tls_key, "server-key-path", None),
+        tls_client_ca=pick(args.tls_client_ca, "tls-client-ca", None),
     )
 
 
 async def _serve(config: DaemonConfig) -> int:
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)
+    except (OSError, ValueError) as exc:
+        print(f"flagd: {exc}", file=sys.stderr)
+        return 2
     try:
         await daemon.start()
     except DefinitionError as exc:
@@ -168,6 +213,8 @@ async def _serve(config: DaemonConfig) -> int:
 def main(argv: Sequence[str] | None = None, prog: str = "flagd") -> int:
     """Entry point; returns the process exit code."""
     args = build_parser(prog).parse_args(argv)
+    if args.command == "hash-token":
+        return auth.run_hash_token(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -532,3 +532,27 @@ def to_sync_payload(flags: Iterable[Flag]) -> str:
         out.pop(flag.key, None)  # a replaced key moves to its new position
         out[flag.key] = entry
     return json.dumps({"flags": out}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def flag_to_json(flag: Flag) -> dict[str, Any]:
+    """One flag as a flagd definition object (no key, no source): what admin writes store."""
+    out: dict[str, Any] = {"state": flag.state, "variants": flag.variants}
+    if flag.default_variant is not None:
+        out["defaultVariant"] = flag.default_variant
+    if flag.targeting is not None:
+        out["targeting"] = flag.targeting
+    if flag.metadata:
+        out["metadata"] = flag.metadata
+    return out
+
+
+def parse_flag(key: str, definition: Any, *, source: str, flag_set_id: str = "") -> Flag:
+    """Validate one flag definition object as if it stood alone in a document.
+
+    ``flag_set_id`` becomes the flag-set metadata (the flag's own metadata still wins), so an
+    admin write lands in the set it names. Raises DefinitionError with a `$.flags[...]` path.
+    """
+    doc: dict[str, Any] = {"flags": {key: definition}}
+    if flag_set_id:
+        doc["metadata"] = {"flagSetId": flag_set_id}
+    return parse_document(json.dumps(doc), source=source, fmt="json").flags[key]

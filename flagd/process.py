@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +44,7 @@ class DaemonProcess:
         cwd: Path | None = None,
         preferred_ports: tuple[int, int, int] = (0, 0, 0),
         capture: bool = True,
+        env: dict[str, str] | None = None,
     ):
         self.port = free_port(preferred_ports[0])
         self.management_port = free_port(preferred_ports[1])
@@ -56,6 +58,9 @@ class DaemonProcess:
         ]  # fmt: skip
         self.cwd = cwd or REPO
         self.capture = capture
+        self.extra_env = dict(env or {})
+        # Closed with the object; a context manager cannot span the process's lifetime.
+        self._log = tempfile.TemporaryFile("w+") if capture else None  # noqa: SIM115
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -68,10 +73,13 @@ class DaemonProcess:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            **self.extra_env,
         }
-        pipe = subprocess.PIPE if self.capture else None
+        # A file, not a pipe: nobody reads a pipe while the daemon runs, and a full pipe
+        # would block the daemon's logging (and with it the daemon).
+        out = self._log if self.capture else None
         self.proc = subprocess.Popen(
-            self.command, cwd=self.cwd, env=env, text=True, stdout=pipe, stderr=pipe
+            self.command, cwd=self.cwd, env=env, text=True, stdout=out, stderr=out
         )
         if wait:
             self.wait_ready(timeout)
@@ -83,8 +91,7 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {err}")
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.output()}")
             try:
                 if self.http("/readyz")[0] == 200:
                     return
@@ -93,6 +100,14 @@ class DaemonProcess:
             time.sleep(0.05)
         self.kill()
         raise TimeoutError(f"daemon not ready within {timeout} s")
+
+    def output(self) -> str:
+        """Everything the daemon printed so far (empty when not captured)."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
 
     def http(self, path: str) -> tuple[int, str]:
         """GET a management endpoint; returns (status, body)."""

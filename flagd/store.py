@@ -86,12 +86,18 @@ Listener = Callable[[Snapshot], None]
 
 
 class FlagStore:
-    """Holds each source's latest flags and publishes merged snapshots to listeners."""
+    """Holds each source's latest flags plus the admin layer, and publishes merged snapshots.
+
+    Layering (README "How file sources and admin changes combine"): file sources merge by
+    position, later wins; an admin override replaces the (flag set, key) it names whatever the
+    files say, and a tombstone hides it, until the override is released.
+    """
 
     def __init__(self, source_order: Iterable[str], *, fractional: FractionalVersion = "v3"):
         self._order = {name: i for i, name in enumerate(source_order)}
         self._fractional: FractionalVersion = fractional
         self._by_source: dict[str, list[Flag]] = {}
+        self._overrides: dict[tuple[str, str], Flag | None] = {}
         self._listeners: list[Listener] = []
         self.current = Snapshot(version=0, applied_at=time.time(), entries={})
 
@@ -108,32 +114,74 @@ class FlagStore:
         """Sources that have delivered at least one valid payload."""
         return set(self._by_source)
 
-    def replace_source(self, source: str, flags: Iterable[Flag]) -> Snapshot | None:
-        """Replace everything ``source`` provides; publish if anything visible changed."""
+    def source_flags(self, source: str) -> list[Flag]:
+        """What ``source`` last delivered (empty before its first load)."""
+        return list(self._by_source.get(source, []))
+
+    def file_flag(self, ident: tuple[str, str]) -> Flag | None:
+        """The highest-priority file definition of (flag set, key), ignoring the admin layer."""
+        best: tuple[int, Flag] | None = None
+        for source, flags in self._by_source.items():
+            for flag in flags:
+                if (flag.flag_set_id or "", flag.key) == ident:
+                    priority = self._order[source]
+                    if best is None or priority > best[0]:
+                        best = (priority, flag)
+        return best[1] if best else None
+
+    @property
+    def overrides(self) -> dict[tuple[str, str], Flag | None]:
+        """The admin layer: (flag set, key) -> override, or None for a deleted flag."""
+        return dict(self._overrides)
+
+    def replace_source(
+        self, source: str, flags: Iterable[Flag], *, version: int | None = None
+    ) -> Snapshot | None:
+        """Replace everything ``source`` provides; publish if anything changed."""
         if source not in self._order:
             raise KeyError(f"unknown source {source!r}")
         self._by_source[source] = list(flags)
-        return self._publish()
+        return self._publish(version)
 
-    def _publish(self) -> Snapshot | None:
+    def set_overrides(
+        self, overrides: Mapping[tuple[str, str], Flag | None], *, version: int | None = None
+    ) -> Snapshot | None:
+        """Replace the admin layer; publish if anything changed."""
+        self._overrides = dict(overrides)
+        return self._publish(version)
+
+    def _publish(self, version: int | None) -> Snapshot | None:
         previous = self.current
+        if version is not None and version < previous.version:
+            version = previous.version  # a late, older reload must not move the version back
         reuse = {(c.flag.source, key): c for key, (_, c) in previous.entries.items()}
+
+        def compiled(flag: Flag, ident: tuple[str, str]) -> CompiledFlag:
+            old = reuse.get((flag.source, ident))
+            # Compiling is the expensive part; reuse it for flags that did not change.
+            if old is not None and old.flag == flag:
+                return old
+            return compile_flag(flag, self._fractional)
+
         entries: dict[tuple[str, str], tuple[int, CompiledFlag]] = {}
         for source in sorted(self._by_source, key=self._order.__getitem__):
             priority = self._order[source]
             for flag in self._by_source[source]:
                 ident = (flag.flag_set_id or "", flag.key)
-                old = reuse.get((source, ident))
-                # Compiling is the expensive part; reuse it for flags that did not change.
-                compiled = (
-                    old
-                    if old is not None and old.flag == flag
-                    else compile_flag(flag, self._fractional)
-                )
-                entries[ident] = (priority, compiled)
-        if self._same_entries(previous.entries, entries) and previous.version > 0:
+                entries[ident] = (priority, compiled(flag, ident))
+        top = len(self._order)
+        for ident, override in self._overrides.items():
+            if override is None:
+                entries.pop(ident, None)
+            else:
+                entries[ident] = (top, compiled(override, ident))
+        next_version = previous.version + 1 if version is None else version
+        unchanged = self._same_entries(previous.entries, entries)
+        if previous.version > 0 and unchanged and next_version == previous.version:
             return None
-        snapshot = Snapshot(version=previous.version + 1, applied_at=time.time(), entries=entries)
+        if version is None and unchanged and previous.version > 0:
+            return None
+        snapshot = Snapshot(version=next_version, applied_at=time.time(), entries=entries)
         self.current = snapshot
         for listener in self._listeners:
             listener(snapshot)

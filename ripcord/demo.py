@@ -95,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     flags = work / "payments.flagd.json"
     shutil.copy(FLAGS, flags)
+    state = work / "state"
+    shutil.rmtree(state, ignore_errors=True)  # every demo starts from the checked-in flags
     daemon = DaemonProcess(
-        "--uri", f"file:{flags}", preferred_ports=(8013, 8014, 8015), capture=False
+        "--uri", f"file:{flags}", "--state-dir", str(state),
+        preferred_ports=(8013, 8014, 8015), capture=False,
     )  # fmt: skip
     port, mgmt, sync = daemon.port, daemon.management_port, daemon.sync_port
     shown = flags.relative_to(REPO) if flags.is_relative_to(REPO) else flags

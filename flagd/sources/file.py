@@ -57,6 +57,11 @@ class FileSource:
         self._fingerprint: tuple[int, int, int] | None = None
         self._digest: bytes | None = None
 
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the content in service (hex); identifies a file version across replicas."""
+        return self._digest.hex() if self._digest else ""
+
     def load(self) -> ParsedDocument:
         """Read and validate the file now; raises DefinitionError naming file and JSON path."""
         fingerprint = self._stat()

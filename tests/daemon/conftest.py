@@ -15,8 +15,34 @@ from flagd.process import REPO, DaemonProcess
 from ripcord_pb.flagd.evaluation.v1 import evaluation_pb2_grpc as v1_grpc
 from ripcord_pb.flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
 from ripcord_pb.flagd.sync.v1 import sync_pb2_grpc
+from ripcord_pb.ripcord.admin.v1 import admin_pb2_grpc
 
-__all__ = ["REPO", "RunningDaemon", "write_flags"]
+__all__ = ["REPO", "TOKENS", "RunningDaemon", "write_flags"]
+
+# One token per role, handed to every test daemon through RIPCORD_TOKENS.
+TOKENS = {
+    "viewer": "viewer-token-0123456789",
+    "operator": "operator-token-0123456789",
+    "admin": "admin-token-0123456789abc",
+}
+TOKENS_ENV = ",".join(f"test-{role}:{role}:{token}" for role, token in TOKENS.items())
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer …` to every call on a channel."""
+
+    def __init__(self, token: str):
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self.header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
 
 
 def write_flags(path: Path, doc: dict[str, Any]) -> None:
@@ -29,14 +55,23 @@ def write_flags(path: Path, doc: dict[str, Any]) -> None:
 class RunningDaemon(DaemonProcess):
     """A daemon process plus stubs; channels are closed when the test ends."""
 
-    def __init__(self, *args: str, cwd: Path | None = None):
-        super().__init__(*args, cwd=cwd)
+    def __init__(self, *args: str, cwd: Path | None = None, state_dir: Path | None = None):
+        if state_dir is not None and "--state" not in args and "--state-dir" not in args:
+            args = (*args, "--state-dir", str(state_dir))
+        super().__init__(*args, cwd=cwd, env={"RIPCORD_TOKENS": TOKENS_ENV})
         self.channels: list[grpc.Channel] = []
 
     def channel(self, port: int | None = None) -> grpc.Channel:
         ch = grpc.insecure_channel(f"127.0.0.1:{port or self.port}")
         self.channels.append(ch)
         return ch
+
+    def admin(self, role: str | None = "admin") -> admin_pb2_grpc.FlagAdminStub:
+        """An admin stub whose calls carry the test token of ``role`` (None: no token)."""
+        channel = self.channel()
+        if role is not None:
+            channel = grpc.intercept_channel(channel, _Bearer(TOKENS[role]))
+        return admin_pb2_grpc.FlagAdminStub(channel)
 
     def v1(self) -> v1_grpc.ServiceStub:
         return v1_grpc.ServiceStub(self.channel())
@@ -55,11 +90,12 @@ class RunningDaemon(DaemonProcess):
 
 
 @pytest.fixture
-def daemon_factory() -> Iterator[Callable[..., RunningDaemon]]:
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
+    """Start daemons; each test gets its own SQLite state unless it passes --state."""
     started: list[RunningDaemon] = []
 
     def make(*args: str, cwd: Path | None = None, wait: bool = True) -> RunningDaemon:
-        d = RunningDaemon(*args, cwd=cwd)
+        d = RunningDaemon(*args, cwd=cwd, state_dir=tmp_path / "state")
         started.append(d)
         return d.start(wait=wait)  # type: ignore[return-value]
 

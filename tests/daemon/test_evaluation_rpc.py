@@ -207,4 +207,5 @@ def test_metrics_count_evaluations(daemon):
     status, body = daemon.http("/metrics")
     assert status == 200
     assert 'flagd_evaluations_total{flag="static-bool",reason="STATIC",variant="on"}' in body
-    assert "flagd_config_version 1.0" in body
+    version = daemon.readyz()["configuration_version"]
+    assert version > 0 and f"flagd_config_version {float(version)}" in body

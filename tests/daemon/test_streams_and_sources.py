@@ -139,7 +139,7 @@ def test_invalid_file_at_start_is_a_clear_exit(daemon_factory, flag_file):
     path = flag_file(doc)
     d = daemon_factory("--uri", f"file:{path}", wait=False)
     assert d.proc.wait(20) == 2
-    err = d.proc.stderr.read()
+    err = d.output()
     assert str(path) in err and 'flags["a"].defaultVariant' in err, err
 
 
