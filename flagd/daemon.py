@@ -120,16 +120,11 @@ class Daemon:
     def load_sources(self) -> None:
         """Load every source once; raises DefinitionError on the first invalid one."""
         assert self.state is not None
-        last = self.state.last_changes()
         for source in self.sources:
             doc = source.load()
-            # Compare with what the audit trail last saw from this file (a restart after
-            # an edit still records the edit; an unchanged file records nothing).
-            before = {
-                ident: record.after
-                for ident, record in last.items()
-                if record.action == "file" and record.actor == f"file:{source.name}"
-            }
+            # Compare with what the audit trail last recorded from this file, so a restart
+            # after an edit still records the edit and an unchanged file records nothing.
+            before = self.state.file_definitions(source.name)
             self._record_file(source, doc.flags.values(), before)
             self.store.replace_source(source.name, doc.flags.values())
         self._apply_state()
@@ -168,12 +163,12 @@ class Daemon:
     async def _reload_state(self) -> None:
         assert self.state is not None
         self._reload_pending = False
-        head = await asyncio.to_thread(self.state.head_version)
-        if head <= self.store.current.version:
+        # Head and overrides from one transaction, so they agree with each other.
+        snapshot = await asyncio.to_thread(self.state.snapshot)
+        if snapshot.version <= self.store.current.version:
             return
-        overrides = await asyncio.to_thread(self.state.overrides)
         # Parse and apply on the loop: the store is only ever touched from here.
-        self._apply_overrides(overrides, head)
+        self._apply_overrides(snapshot.overrides, snapshot.version)
 
     def _apply_overrides(
         self, raw: dict[tuple[str, str], dict[str, Any] | None], version: int

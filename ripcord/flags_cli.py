@@ -220,13 +220,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         subs,
         "watch",
         "print audit records as they happen",
-        "Print one line per change as the daemon commits it, until Ctrl-C. With --after N, "
-        "first replay the changes after version N.",
+        "Print one line per change as the daemon commits it, until Ctrl-C. With --after N "
+        "(N >= 1), first replay the changes after version N.",
         "  ripcord flags watch payments.new-router\n  ripcord flags --json watch --after 120",
         common,
     )
     p.add_argument("key", nargs="?", default="", metavar="KEY", help="only this flag")
-    p.add_argument("--after", type=_non_negative, default=None, metavar="N")
+    p.add_argument("--after", type=_positive, default=None, metavar="N")
     return parser
 
 
@@ -261,6 +261,11 @@ class Client:
     def stream(self, method: str, request: Any) -> Any:
         """A server-streaming call with metadata and no deadline."""
         return getattr(self.stub, method)(request, metadata=self.metadata)
+
+
+def server_address(option: str | None, environ: Mapping[str, str]) -> str:
+    """--server, else $FLAGD_ADMIN, else localhost:8013."""
+    return option or environ.get(SERVER_ENV) or DEFAULT_SERVER
 
 
 def _metadata(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -341,10 +346,14 @@ class Out:
         """A rich renderable on stdout."""
         self.console.print(renderable)
 
+    def line(self, text: Text) -> None:
+        """One line on stdout, never broken by rich (the terminal wraps it if need be)."""
+        self.console.print(text, soft_wrap=True)
+
     def note(self, text: str) -> None:
         """A remark for the human: stdout normally, stderr with --json."""
         target = self.err if self.json else self.console
-        target.print(Text(text))
+        target.print(Text(text), soft_wrap=True)
 
 
 def _now() -> dt.datetime:
@@ -545,14 +554,17 @@ def cmd_watch(client: Client, args: argparse.Namespace, out: Out) -> int:
         "WatchChanges", pb.WatchChangesRequest(after_version=after, flag_key=args.key)
     )
     what = f"changes to {args.key}" if args.key else "changes"
-    out.err.print(Text(f"watching {what} on {client.server} after version {after} (Ctrl-C stops)"))
+    out.err.print(
+        Text(f"watching {what} on {client.server} after version {after} (Ctrl-C stops)"),
+        soft_wrap=True,
+    )
     try:
         for record in stream:
             if out.json:
                 line = json.dumps(render.change_data(record), ensure_ascii=False)
                 out.console.out(line, highlight=False)
             else:
-                out.show(render.change_line(record))
+                out.line(render.change_line(record))
     except KeyboardInterrupt:
         stream.cancel()
         return 0
@@ -597,7 +609,7 @@ def main(
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
-    args.server = args.server or env.get(SERVER_ENV) or DEFAULT_SERVER
+    args.server = server_address(args.server, env)
     args.timeout = args.timeout or DEFAULT_TIMEOUT
     out = Out(
         console or Console(highlight=False, emoji=False),

@@ -564,7 +564,7 @@ def changes_table(records: Sequence[pb.ChangeRecord]) -> FittedTable:
         Col("reason", 24, 14),
         Col("what changed", 36, 20),
     ]
-    order = [1, 5, 2, 3, 4, 6]  # time, reason, actor, action, flag, what changed
+    order = [1, 2, 3, 4, 5, 6]  # time, actor, action, flag, reason, what changed
     rows: list[list[str | Text]] = []
     for record in records:
         at = change_time(record)

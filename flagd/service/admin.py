@@ -22,7 +22,7 @@ from flagd.broadcast import Broadcast
 from flagd.definitions import DefinitionError, flag_to_json, parse_flag
 from flagd.model import Flag
 from flagd.service.structs import struct_to_dict
-from flagd.state import ChangeRecord, StaleVersionError, StateStore
+from flagd.state import ChangeRecord, NoOverrideError, StaleVersionError, StateStore
 from flagd.store import FlagStore
 from ripcord_pb.ripcord.admin.v1 import admin_pb2, admin_pb2_grpc
 
@@ -354,10 +354,12 @@ class AdminService(admin_pb2_grpc.FlagAdminServicer):  # type: ignore[misc]
                         f"key: {request.key!r} in flag set {request.flag_set_id!r} "
                         "has no admin override",
                     )
+                below = self.store.file_flag(ident)
                 record = await asyncio.to_thread(
                     self.state.release_override,
                     flag_set_id=ident[0],
                     key=ident[1],
+                    after=flag_to_json(below) if below is not None else None,
                     actor=self.principal(context),
                     reason=reason,
                     expected_version=(
@@ -371,6 +373,8 @@ class AdminService(admin_pb2_grpc.FlagAdminServicer):  # type: ignore[misc]
             await context.abort(exc.code, exc.message)
         except StaleVersionError as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"expected_version: {exc}")
+        except NoOverrideError as exc:  # another replica released it first
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"key: {exc}")
 
 
 SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["FlagAdmin"].full_name

@@ -77,9 +77,7 @@ def start_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -
     flags = tmp_path / "flags.json"
     flags.write_text(json.dumps(FLAGS))
     monkeypatch.setenv("RIPCORD_TOKENS", TOKENS)  # inherited by the child only
-    d = DaemonProcess(
-        "--uri", f"file:{flags}", "--state-dir", str(tmp_path / "state"), *extra
-    )
+    d = DaemonProcess("--uri", f"file:{flags}", "--state-dir", str(tmp_path / "state"), *extra)
     d.start()
     monkeypatch.delenv("RIPCORD_TOKENS")
     return d

@@ -270,3 +270,34 @@ def test_watch_changes_streams_audit_records(daemon):
     t.join(5)
     stream.cancel()
     assert [r.reason for r in got] == ["one", "two"]
+
+
+def test_roles_and_tokens_are_enforced(daemon):
+    open_circuit = pb.SetDefaultVariantRequest(key=CIRCUIT, variant="on", reason="r")
+    code, details = status_of(lambda: admin(daemon, None).SetDefaultVariant(open_circuit))  # type: ignore[arg-type]
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "authorization" in details
+    code, details = status_of(lambda: admin(daemon, "viewer").SetDefaultVariant(open_circuit))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "operator" in details
+    put = pb.PutFlagRequest(
+        key="x",
+        reason="r",
+        definition=_struct({"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}),
+    )
+    code, _ = status_of(lambda: admin(daemon, "operator").PutFlag(put))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert admin(daemon, "viewer").ListFlags(pb.ListFlagsRequest()).flags  # viewers read
+    reply = admin(daemon, "operator").SetDefaultVariant(open_circuit)
+    assert reply.change.actor == "test-operator"  # the audit names the token's principal
+    metrics = daemon.http("/metrics")[1]
+    assert (
+        'flagd_auth_failures_total{method="/ripcord.admin.v1.FlagAdmin/SetDefaultVariant",reason="missing_token"} 1.0'
+        in metrics
+    )
+    # Evaluation stays open by default, as in flagd.
+    assert value(daemon, CIRCUIT) is True
+
+
+def test_require_token_closes_evaluation(daemon_factory, files):
+    d = daemon_factory("--uri", f"file:{files}", "--require-token")
+    code, _ = status_of(lambda: value(d, CIRCUIT))
+    assert code == grpc.StatusCode.UNAUTHENTICATED

@@ -71,3 +71,23 @@ def test_resolve_a_flag(daemon):
 def test_health(daemon):
     out = json.loads(run("-plaintext", f"127.0.0.1:{daemon.port}", "grpc.health.v1.Health/Check"))
     assert out["status"] == "SERVING"
+
+
+def test_tls_on_every_grpc_port(daemon_factory, tmp_path):
+    """With a certificate, grpcurl works without -plaintext (and plaintext is refused)."""
+    from tests.auth.certs import make_pki
+
+    pki = make_pki(tmp_path)
+    d = daemon_factory(
+        "--uri", f"file:{REPO / 'deploy/flags/payments.flagd.json'}",
+        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+    )  # fmt: skip
+    for port in (d.port, d.sync_port):
+        services = run("-cacert", str(pki.ca_cert), f"localhost:{port}", "list").split()
+        assert "grpc.health.v1.Health" in services
+    assert "ripcord.admin.v1.FlagAdmin" in run(
+        "-cacert", str(pki.ca_cert), f"localhost:{d.port}", "list"
+    )
+    refused = subprocess.run([grpcurl(), "-plaintext", f"127.0.0.1:{d.port}", "list"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert refused.returncode != 0
