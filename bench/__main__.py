@@ -1,9 +1,10 @@
 """Run every benchmark and print ratio tables (`make bench`)."""
 
-from bench import evaluator, propagation, rpc
+from bench import evaluator, killswitch, propagation, rpc
 
 if __name__ == "__main__":
     print("Ripcord benchmarks: each number is compared with a baseline measured in this run.")
     evaluator.report()
     rpc.report()
     propagation.report()
+    killswitch.report()

@@ -23,11 +23,11 @@ from flagd.service.admin import ADMIN_SOURCE, AdminService
 from flagd.service.admin import SERVICE_NAME as ADMIN_SERVICE
 from flagd.service.evaluation import SERVICE_NAMES, Evaluator, evaluation_handlers
 from flagd.service.management import ManagementServer
-from flagd.service.sync import SyncService
+from flagd.service.sync import SERVICE_NAME as SYNC_SERVICE
+from flagd.service.sync import SyncService, sync_handlers
 from flagd.sources import FileSource
 from flagd.state import StateStore
 from flagd.store import FlagStore, FractionalVersion, Snapshot
-from ripcord_pb.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from ripcord_pb.ripcord.admin.v1 import admin_pb2_grpc
 
 log = logging.getLogger("flagd")
@@ -214,18 +214,20 @@ class Daemon:
         self._bind(eval_server, cfg.port, "--port")
 
         sync_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[self.interceptor])
-        sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(
-            SyncService(
-                self.store,
-                self.metrics,
-                self.broadcast,
-                static_context=cfg.static_context,
-                metadata_enabled=cfg.sync_metadata,
-            ),
-            sync_server,
+        sync_server.add_generic_rpc_handlers(
+            (
+                sync_handlers(
+                    SyncService(
+                        self.store,
+                        self.metrics,
+                        self.broadcast,
+                        static_context=cfg.static_context,
+                        metadata_enabled=cfg.sync_metadata,
+                    )
+                ),
+            )
         )
-        sync_name = sync_pb2.DESCRIPTOR.services_by_name["FlagSyncService"].full_name
-        self._add_health_and_reflection(sync_server, (sync_name,))
+        self._add_health_and_reflection(sync_server, (SYNC_SERVICE,))
         self._bind(sync_server, cfg.sync_port, "--sync-port")
 
         self._management = ManagementServer(

@@ -10,6 +10,8 @@ usage: ripcord COMMAND [ARGS...]
 
 commands:
   flagd start ...   run the flag daemon (see `ripcord flagd start --help`)
+  flagd hash-token  print a token-file line for an admin token
+  flags ...         inspect and change flags through the admin API (`ripcord flags --help`)
   demo              start the daemon on the payment flags and show evaluations and a live change
 """
 
@@ -25,6 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flagd.cli import main as flagd_main
 
         return flagd_main(rest, prog="ripcord flagd")
+    if command == "flags":
+        from ripcord.flags_cli import main as flags_main
+
+        return flags_main(rest)
     if command == "demo":
         from ripcord.demo import main as demo_main
 

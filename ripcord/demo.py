@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import sys
 import threading
@@ -22,8 +23,11 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from flagd.process import REPO, DaemonProcess
+from ripcord.flags_cli import main as flags_main
 from ripcord_pb.flagd.evaluation.v2 import evaluation_pb2 as ev
 from ripcord_pb.flagd.evaluation.v2 import evaluation_pb2_grpc as ev_grpc
+from ripcord_pb.ripcord.admin.v1 import admin_pb2 as admin_pb
+from ripcord_pb.ripcord.admin.v1 import admin_pb2_grpc as admin_grpc
 
 FLAGS = REPO / "deploy" / "flags" / "payments.flagd.json"
 RELEASE = "payments.new-router.enabled"
@@ -97,9 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.copy(FLAGS, flags)
     state = work / "state"
     shutil.rmtree(state, ignore_errors=True)  # every demo starts from the checked-in flags
+    # A throwaway operator token for this run only (real deployments use --token-file).
+    token = secrets.token_urlsafe(24)
     daemon = DaemonProcess(
         "--uri", f"file:{flags}", "--state-dir", str(state),
         preferred_ports=(8013, 8014, 8015), capture=False,
+        env={"RIPCORD_TOKENS": f"demo-oncall:operator:{token}"},
     )  # fmt: skip
     port, mgmt, sync = daemon.port, daemon.management_port, daemon.sync_port
     shown = flags.relative_to(REPO) if flags.is_relative_to(REPO) else flags
@@ -140,6 +147,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             " after the write (file polling included)"
         )
         print(f"   {RELEASE}: {_split(stub)} of 1000 merchants on the new router")
+
+        _say("2 AM: on-call opens the circuit through the admin API (durable, audited)")
+        admin = admin_grpc.FlagAdminStub(channel)
+        events.changed.clear()
+        t0 = time.monotonic()
+        reply = admin.SetDefaultVariant(
+            admin_pb.SetDefaultVariantRequest(
+                key=CIRCUIT, variant="on", reason="INC-42: new router error spike"
+            ),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+        returned = time.monotonic()
+        events.changed.wait(3)
+        print(
+            f"   committed as version {reply.version} by {reply.change.actor} in "
+            f"{1000 * (returned - t0):.1f} ms; the stream had it "
+            f"{1000 * (events.arrivals[-1][0] - returned):+.1f} ms after the call returned"
+        )
+        r = stub.ResolveBoolean(ev.ResolveBooleanRequest(flag_key=CIRCUIT, context=_ctx()))
+        print(f"   {CIRCUIT} now answers value={r.value} variant={r.variant}")
+        print("   $ ripcord flags list")
+        env_server = ["--server", f"127.0.0.1:{port}"]
+        os.environ["RIPCORD_TOKEN"] = token
+        os.environ.setdefault("COLUMNS", "150")  # tables stay readable in a pipe
+        flags_main([*env_server, "list"])
+        print(f"   $ ripcord flags audit {CIRCUIT}")
+        flags_main([*env_server, "audit", CIRCUIT])
 
         _say("an invalid edit is rejected; the last good configuration stays in service")
         _edit(flags, lambda f: f[CIRCUIT].update({"defaultVariant": "onn"}))

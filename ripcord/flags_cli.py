@@ -612,8 +612,9 @@ def main(
     args.server = server_address(args.server, env)
     args.timeout = args.timeout or DEFAULT_TIMEOUT
     out = Out(
-        console or Console(highlight=False, emoji=False),
-        err_console or Console(stderr=True, highlight=False, emoji=False),
+        # No markup: reasons, keys and server messages are printed exactly as they are.
+        console or Console(highlight=False, emoji=False, markup=False),
+        err_console or Console(stderr=True, highlight=False, emoji=False, markup=False),
         bool(args.json),
     )
     try:
@@ -638,7 +639,7 @@ def main(
         _fail(out.err, [f"{PROG} {args.command}: error: {exc}"])
         return 2
     except KeyboardInterrupt:
-        return 130
+        return 0 if args.command == "watch" else 130  # watch runs until Ctrl-C by design
 
 
 if __name__ == "__main__":  # pragma: no cover

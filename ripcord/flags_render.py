@@ -351,6 +351,11 @@ def fit_widths(
     return widths
 
 
+def _text(cell: str | Text) -> Text:
+    """Cells as Text, so `[...]` in a reason or key is never read as rich markup."""
+    return cell if isinstance(cell, Text) else Text(cell)
+
+
 def _cell_width(cell: str | Text) -> int:
     plain = cell.plain if isinstance(cell, Text) else cell
     return max((cell_len(line) for line in plain.split("\n")), default=0)
@@ -416,7 +421,7 @@ class FittedTable:
             table.add_column(col.header, width=w, overflow="fold", justify=col.justify)
         for row in self.rows:
             table.add_row(
-                *(c.wrap(cell, w) for c, w, cell in zip(self.cols, widths, row, strict=True))
+                *(_text(c.wrap(cell, w)) for c, w, cell in zip(self.cols, widths, row, strict=True))
             )
         return table
 
@@ -488,7 +493,7 @@ def _fields(rows: Iterable[tuple[str, RenderableType]]) -> Table:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     for name, value in rows:
-        grid.add_row(name, value)
+        grid.add_row(name, _text(value) if isinstance(value, str) else value)
     return grid
 
 

@@ -72,6 +72,30 @@ class Evaluator:
         self.static_context = dict(static_context or {})
         # header name (lower-case) -> context key
         self.header_context = {k.lower(): v for k, v in (header_context or {}).items()}
+        # (message class, id(old view), id(new view)) -> (old, new, bytes or None); the views
+        # are held so their ids cannot be reused while cached.
+        self._change_events: dict[tuple[Any, int, int], tuple[View, View, bytes | None]] = {}
+
+    def change_event(self, response_cls: Any, old: View, new: View) -> bytes | None:
+        """The serialized `configuration_change` from ``old`` to ``new`` (None: no change).
+
+        Every stream on the same selector asks for the same pair after a publish; computing
+        the diff and serializing it once keeps the fan-out cost per stream to a write.
+        """
+        key = (response_cls, id(old), id(new))
+        hit = self._change_events.get(key)
+        if hit is not None and hit[0] is old and hit[1] is new:
+            return hit[2]
+        changes = diff_views(old, new)
+        encoded = None
+        if changes:
+            flags = {k: {"type": kind} for k, kind in changes.items()}
+            encoded = _event(response_cls, "configuration_change", {"flags": flags})
+            encoded = encoded.SerializeToString()
+        if len(self._change_events) > 256:
+            self._change_events.clear()
+        self._change_events[key] = (old, new, encoded)
+        return encoded
 
     def selector_of(self, context: Context) -> Selector:
         """The request's `Flagd-Selector` header, parsed; INVALID_ARGUMENT when malformed."""
@@ -294,11 +318,10 @@ def _event_stream_handler(core: Evaluator, response_cls: Any) -> Callable[..., A
                     sent.labels("event", "provider_shutdown").inc()
                     return
                 current = core.store.current.view(selector)
-                changes = diff_views(last, current)
+                encoded = core.change_event(response_cls, last, current)
                 last = current
-                if changes:
-                    flags = {key: {"type": kind} for key, kind in changes.items()}
-                    yield _event(response_cls, "configuration_change", {"flags": flags})
+                if encoded is not None:
+                    yield encoded
                     sent.labels("event", "configuration_change").inc()
         finally:
             core.broadcast.unsubscribe(wake)
@@ -335,7 +358,10 @@ def _handlers(core: Evaluator, module: Any, shape: Shape) -> dict[str, grpc.RpcM
     return handlers
 
 
-def _serialize(message: Message) -> bytes:
+def _serialize(message: Message | bytes) -> bytes:
+    # Stream fan-out yields bytes serialized once for all streams; everything else messages.
+    if isinstance(message, bytes):
+        return message
     return message.SerializeToString()
 
 

@@ -12,12 +12,12 @@ from flagd.metrics import DaemonMetrics
 from flagd.selector import Selector, SelectorError, parse_selector
 from flagd.service.structs import fill_struct
 from flagd.store import FlagStore
-from ripcord_pb.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
+from ripcord_pb.flagd.sync.v1 import sync_pb2
 
 Context = Any  # grpc.aio.ServicerContext; grpc ships no usable type stubs
 
 
-class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
+class SyncService:
     """Full snapshots at subscribe time and on every change to the selected flags."""
 
     def __init__(
@@ -34,6 +34,7 @@ class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
         self.broadcast = broadcast
         self.static_context = dict(static_context or {})
         self.metadata_enabled = metadata_enabled
+        self._last_encoded: tuple[str, bytes] | None = None
 
     async def _selector(self, body_selector: str, context: Context) -> Selector:
         header = None
@@ -47,13 +48,23 @@ class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
 
-    def _message(self, payload: str) -> Any:
+    def _encoded(self, payload: str) -> bytes:
+        """The serialized SyncFlagsResponse for ``payload``, built once for all streams.
+
+        Fan-out cost is per stream; building and serializing a multi-KB message 50 times per
+        change would dominate it, so every stream writes the same bytes.
+        """
+        cached = self._last_encoded
+        if cached is not None and cached[0] is payload:
+            return cached[1]
         message = sync_pb2.SyncFlagsResponse(flag_configuration=payload)
         message.sync_context.SetInParent()
         fill_struct(message.sync_context, self.static_context)
-        return message
+        encoded: bytes = message.SerializeToString()
+        self._last_encoded = (payload, encoded)
+        return encoded
 
-    async def SyncFlags(self, request: Any, context: Context) -> AsyncIterator[Any]:
+    async def SyncFlags(self, request: Any, context: Context) -> AsyncIterator[bytes]:
         """Stream the selected flag set now and after every change to it."""
         selector = await self._selector(request.selector, context)
         wake = self.broadcast.subscribe()
@@ -62,7 +73,7 @@ class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
         sent = self.metrics.stream_messages.labels("sync", "snapshot")
         try:
             payload = self.store.current.view(selector).sync_payload()
-            yield self._message(payload)
+            yield self._encoded(payload)
             sent.inc()
             while True:
                 await wake.wait()
@@ -72,7 +83,7 @@ class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
                 latest = self.store.current.view(selector).sync_payload()
                 if latest != payload:
                     payload = latest
-                    yield self._message(payload)
+                    yield self._encoded(payload)
                     sent.inc()
         finally:
             self.broadcast.unsubscribe(wake)
@@ -93,3 +104,35 @@ class SyncService(sync_pb2_grpc.FlagSyncServiceServicer):  # type: ignore[misc]
         response.metadata.SetInParent()
         fill_struct(response.metadata, self.static_context)
         return response
+
+
+def _passthrough(message: Any) -> bytes:
+    # SyncFlags yields pre-serialized bytes; the unary methods return messages.
+    return message if isinstance(message, bytes) else bytes(message.SerializeToString())
+
+
+def sync_handlers(service: SyncService) -> grpc.GenericRpcHandler:
+    """`flagd.sync.v1.FlagSyncService` with a serializer that passes cached bytes through."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "SyncFlags": grpc.unary_stream_rpc_method_handler(
+                service.SyncFlags,
+                request_deserializer=sync_pb2.SyncFlagsRequest.FromString,
+                response_serializer=_passthrough,
+            ),
+            "FetchAllFlags": grpc.unary_unary_rpc_method_handler(
+                service.FetchAllFlags,
+                request_deserializer=sync_pb2.FetchAllFlagsRequest.FromString,
+                response_serializer=_passthrough,
+            ),
+            "GetMetadata": grpc.unary_unary_rpc_method_handler(
+                service.GetMetadata,
+                request_deserializer=sync_pb2.GetMetadataRequest.FromString,
+                response_serializer=_passthrough,
+            ),
+        },
+    )
+
+
+SERVICE_NAME = sync_pb2.DESCRIPTOR.services_by_name["FlagSyncService"].full_name

@@ -3,15 +3,18 @@ the rollout shorthand and the server's refusals as the client prints them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.cli.conftest import CIRCUIT, COLOR, OPERATOR, RELEASE, REVERSED, VIEWER, Run
 
 
-def state_of(flags: Run, key: str) -> dict:
+def state_of(flags: Run, key: str) -> dict[str, Any]:
     got = flags("get", key, "--json", token=VIEWER)
     assert got.code == 0, got.err
-    return got.json()
+    data: dict[str, Any] = got.json()
+    return data
 
 
 def test_list_shows_the_inventory(flags: Run):

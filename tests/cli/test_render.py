@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +18,7 @@ from ripcord_pb.ripcord.admin.v1 import admin_pb2 as pb
 NOW = dt.datetime(2026, 3, 1, 14, 0, tzinfo=dt.UTC)
 
 
-def struct(data: dict) -> Struct:
+def struct(data: dict[str, Any]) -> Struct:
     s = Struct()
     s.update(data)
     return s
@@ -308,3 +309,14 @@ def test_usage_errors_exit_2(capsys):
     assert main(["set", "k", "--state", "PAUSED", "--reason", "r"], environ={}) == 2
     assert main(["rollout", "k", "on=x", "--reason", "r"], environ={}) == 2
     assert "not a whole percentage" in capsys.readouterr().err
+
+
+def test_brackets_in_user_text_are_not_markup():
+    rows = [
+        record(
+            3, actor="a", action="set_state", flag_key="k", reason="[/red] see [bold]INC-9[/bold]"
+        )
+    ]
+    text = printed(render.changes_table(rows), width=160)
+    assert "[/red] see [bold]INC-9[/bold]" in text
+    assert "[/red] see" in printed(render.record_fields(rows[0], NOW))

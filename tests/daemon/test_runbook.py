@@ -24,6 +24,11 @@ def blocks() -> dict[str, str]:
     return found
 
 
+def test_readme_shows_the_runbook_command_verbatim():
+    readme = dict(BLOCK.findall((REPO / "README.md").read_text()))
+    assert readme["open-circuit"] == blocks()["open-circuit"]
+
+
 def run(script: str, daemon, token: str = TOKENS["operator"]) -> dict[str, Any]:
     env = {
         **os.environ,
