@@ -12,6 +12,8 @@ commands:
   flagd start ...   run the flag daemon (see `ripcord flagd start --help`)
   flagd hash-token  print a token-file line for an admin token
   flags ...         inspect and change flags through the admin API (`ripcord flags --help`)
+  router serve ...  run the payment router (see `ripcord router serve --help`)
+  fx-sim            run the FX rate provider simulator (`ripcord fx-sim --help`)
   demo              start the daemon on the payment flags and show evaluations and a live change
 """
 
@@ -31,6 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ripcord.flags_cli import main as flags_main
 
         return flags_main(rest)
+    if command == "fx-sim":
+        from router.fxsim import main as fxsim_main
+
+        return fxsim_main(rest, prog="ripcord fx-sim")
+    if command == "router":
+        from router.cli import main as router_main
+
+        return router_main(rest, prog="ripcord router")
     if command == "demo":
         from ripcord.demo import main as demo_main
 

@@ -14,6 +14,8 @@ from flagd.service.structs import fill_struct
 from flagd.store import FlagStore
 from ripcord_pb.flagd.sync.v1 import sync_pb2
 
+EXTENSIONS_HEADER = "ripcord-extensions"  # value "config-version": see SyncService._extended
+
 Context = Any  # grpc.aio.ServicerContext; grpc ships no usable type stubs
 
 
@@ -35,6 +37,7 @@ class SyncService:
         self.static_context = dict(static_context or {})
         self.metadata_enabled = metadata_enabled
         self._last_encoded: tuple[str, bytes] | None = None
+        self._last_extended: tuple[str, int, bytes] | None = None
 
     async def _selector(self, body_selector: str, context: Context) -> Selector:
         header = None
@@ -57,33 +60,63 @@ class SyncService:
         cached = self._last_encoded
         if cached is not None and cached[0] is payload:
             return cached[1]
+        encoded = self._serialize(payload)
+        self._last_encoded = (payload, encoded)
+        return encoded
+
+    def _serialize(self, payload: str) -> bytes:
         message = sync_pb2.SyncFlagsResponse(flag_configuration=payload)
         message.sync_context.SetInParent()
         fill_struct(message.sync_context, self.static_context)
-        encoded: bytes = message.SerializeToString()
-        self._last_encoded = (payload, encoded)
+        return bytes(message.SerializeToString())
+
+    def _extended(self, payload: str, version: int) -> bytes:
+        """``payload`` plus `"$ripcord": {"configVersion": N}`, for clients that ask for it.
+
+        Official providers never send the header, so what they receive stays exactly
+        upstream's payload; Ripcord's router uses the version to say which configuration
+        served each payment. flagd-core ignores unknown top-level keys either way.
+        """
+        cached = self._last_extended
+        if cached is not None and cached[0] is payload and cached[1] == version:
+            return cached[2]
+        extended = f'{payload[:-1]},"$ripcord":{{"configVersion":{version}}}}}'
+        encoded = self._serialize(extended)
+        self._last_extended = (payload, version, encoded)
         return encoded
 
     async def SyncFlags(self, request: Any, context: Context) -> AsyncIterator[bytes]:
         """Stream the selected flag set now and after every change to it."""
         selector = await self._selector(request.selector, context)
+        with_version = any(
+            key == EXTENSIONS_HEADER and "config-version" in str(value)
+            for key, value in context.invocation_metadata() or ()
+        )
         wake = self.broadcast.subscribe()
         gauge = self.metrics.open_streams.labels("sync")
         gauge.inc()
         sent = self.metrics.stream_messages.labels("sync", "snapshot")
         try:
-            payload = self.store.current.view(selector).sync_payload()
-            yield self._encoded(payload)
+            snapshot = self.store.current
+            payload = snapshot.view(selector).sync_payload()
+            if with_version:
+                yield self._extended(payload, snapshot.version)
+            else:
+                yield self._encoded(payload)
             sent.inc()
             while True:
                 await wake.wait()
                 wake.clear()
                 if self.broadcast.closing:
                     return
-                latest = self.store.current.view(selector).sync_payload()
+                snapshot = self.store.current
+                latest = snapshot.view(selector).sync_payload()
                 if latest != payload:
                     payload = latest
-                    yield self._encoded(payload)
+                    if with_version:
+                        yield self._extended(payload, snapshot.version)
+                    else:
+                        yield self._encoded(payload)
                     sent.inc()
         finally:
             self.broadcast.unsubscribe(wake)

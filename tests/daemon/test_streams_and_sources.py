@@ -196,3 +196,21 @@ def test_yaml_sources_merge_later_wins_and_source_selector(daemon_factory, tmp_p
     with pytest.raises(grpc.RpcError) as info:
         stub.ResolveString(v2.ResolveStringRequest(flag_key="b"), metadata=only_override)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_config_version_extension_is_opt_in(daemon_factory, flag_file):
+    path = flag_file(flags_doc())
+    d = daemon_factory("--uri", f"file:{path}")
+    plain = pump(d.sync().SyncFlags(sync_pb2.SyncFlagsRequest()))
+    extended = pump(
+        d.sync().SyncFlags(
+            sync_pb2.SyncFlagsRequest(), metadata=[("ripcord-extensions", "config-version")]
+        )
+    )
+    assert "$ripcord" not in json.loads(plain.get(timeout=3)[1].flag_configuration)
+    first = json.loads(extended.get(timeout=3)[1].flag_configuration)
+    assert first["$ripcord"]["configVersion"] == d.readyz()["configuration_version"]
+    write_flags(path, flags_doc(default="off"))
+    second = json.loads(extended.get(timeout=3)[1].flag_configuration)
+    assert second["$ripcord"]["configVersion"] > first["$ripcord"]["configVersion"]
+    assert second["flags"]["a"]["defaultVariant"] == "off"
