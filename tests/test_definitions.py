@@ -585,6 +585,7 @@ PAYMENT_KEYS = [
     "payments.dynamic-currency.enabled",
     "payments.fx-provider.kill-switch",
     "payments.fx-backfill.enabled",
+    "payments.new-router.shadow",  # issue 4: the optional shadow comparison
 ]
 
 

@@ -206,3 +206,26 @@ def test_declines_failures_and_conversions(stack: Stack) -> None:
     metrics = stack.metrics()
     assert "payments_experiment_exposures_total{" in metrics and 'variant="treatment"' in metrics
     assert "payments_fx_decisions_total{" in metrics and 'source="live"' in metrics
+
+
+def test_shadow_comparison_counts_disagreements(stack: Stack) -> None:
+    reply = stack.admin("SetDefaultVariant", admin_pb2.SetDefaultVariantRequest(
+        key="payments.new-router.shadow", variant="on", reason="compare engines"))  # fmt: skip
+    stack.wait_version(reply.version)
+    # Legacy serves (0% rollout). For EUR the new engine would pick acq-eu (cheapest) where
+    # legacy picks acq-global: an acquirer mismatch. For JPY only acq-global settles: a match.
+    assert authorize(stack, "s-1").engine == "legacy"
+    authorize(stack, "s-2", currency="JPY", amount_minor=500)
+    metrics = stack.metrics()
+    mismatch = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("payments_shadow_comparisons_total") and 'kind="acquirer"' in line
+    ]
+    match = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("payments_shadow_comparisons_total") and 'kind="match"' in line
+    ]
+    assert mismatch and float(mismatch[0].rsplit(" ", 1)[1]) == 1.0
+    assert match and float(match[0].rsplit(" ", 1)[1]) == 1.0

@@ -24,10 +24,16 @@ def test_sigkill_keeps_every_acknowledged_change(state_url: str, attempt: int) -
         assert first, proc.stderr.read() if proc.stderr else ""
         time.sleep(random.uniform(0.05, 0.4))
         proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        # The rest through the same buffered file object: readline() may already hold lines
+        # it read ahead from the pipe, which communicate() (raw fd reads) would never see.
+        rest = proc.stdout.read()
     finally:
         proc.kill()
         proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     assert proc.returncode == -signal.SIGKILL
     acknowledged: dict[int, int] = {}
     for line in (first + rest).splitlines():
