@@ -14,6 +14,7 @@ commands:
   flags ...         inspect and change flags through the admin API (`ripcord flags --help`)
   router serve ...  run the payment router (see `ripcord router serve --help`)
   fx-sim            run the FX rate provider simulator (`ripcord fx-sim --help`)
+  experiment judge  judge the DCC experiment from Prometheus (`ripcord experiment judge --help`)
   demo              start the daemon on the payment flags and show evaluations and a live change
 """
 
@@ -41,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from router.cli import main as router_main
 
         return router_main(rest, prog="ripcord router")
+    if command == "experiment":
+        from canary.experiment_cli import main as experiment_main
+
+        return experiment_main(rest, prog="ripcord experiment")
     if command == "demo":
         from ripcord.demo import main as demo_main
 
