@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: help setup proto proto-check test test-unit test-provider lint demo bench clean
+.PHONY: help setup prometheus proto proto-check test test-unit test-provider lint demo bench clean
 
 help:
 	@echo "make demo         start the flag daemon on the payment flags, evaluate, change a flag live"
@@ -21,6 +21,15 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# Prometheus comes from Debian (the canary gates run against a real one). Installed on demand.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing prometheus from Debian (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  { $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || \
+	  { echo "could not install prometheus: run 'apt-get install -y prometheus' as root"; exit 1; }; }
+	@prometheus --version 2>&1 | head -1
 
 # Generated code lives in ripcord_pb/ (not flagd/): the proto package is `flagd.*`, and a
 # naive build would create a Python package `flagd` that shadows the daemon's own.
@@ -47,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) prometheus
 	$(BIN)/pytest --ignore=tests/provider
 
 # The official provider ships its own copy of the flagd protos; loading it next to ours
@@ -57,7 +66,7 @@ test-provider: $(STAMP)
 
 test: lint proto-check test-unit test-provider
 
-demo: $(STAMP)
+demo: $(STAMP) prometheus
 	$(BIN)/ripcord demo
 
 bench: $(STAMP)

@@ -12,6 +12,8 @@ commands:
   flagd start ...   run the flag daemon (see `ripcord flagd start --help`)
   flagd hash-token  print a token-file line for an admin token
   flags ...         inspect and change flags through the admin API (`ripcord flags --help`)
+  flags cleanup-tickets
+                    write the flag cleanup tickets (Markdown or JSON) from inventory + audit
   router serve ...  run the payment router (see `ripcord router serve --help`)
   fx-sim            run the FX rate provider simulator (`ripcord fx-sim --help`)
   experiment judge  judge the DCC experiment from Prometheus (`ripcord experiment judge --help`)
@@ -30,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flagd.cli import main as flagd_main
 
         return flagd_main(rest, prog="ripcord flagd")
+    if command == "flags" and rest[:1] == ["cleanup-tickets"]:
+        from ripcord.cleanup_tickets import main as tickets_main
+
+        return tickets_main(rest[1:], prog="ripcord flags cleanup-tickets")
     if command == "flags":
         from ripcord.flags_cli import main as flags_main
 
