@@ -17,6 +17,8 @@ commands:
   router serve ...  run the payment router (see `ripcord router serve --help`)
   fx-sim            run the FX rate provider simulator (`ripcord fx-sim --help`)
   experiment judge  judge the DCC experiment from Prometheus (`ripcord experiment judge --help`)
+  canary run|promote|abort|status
+                    walk the Rollout's steps on the release flag, gated by the AnalysisTemplate
   demo              start the daemon on the payment flags and show evaluations and a live change
 """
 
@@ -48,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from router.cli import main as router_main
 
         return router_main(rest, prog="ripcord router")
+    if command == "canary":
+        from canary.cli import main as canary_main
+
+        return canary_main(rest, prog="ripcord canary")
     if command == "experiment":
         from canary.experiment_cli import main as experiment_main
 

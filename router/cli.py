@@ -138,8 +138,25 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Start ``--processes`` children on one port; forward SIGTERM; exit with the worst code."""
-    children = []
+    """Start ``--processes`` children on one port; forward SIGTERM; exit with the worst code.
+
+    The first child to exit (a crash, or SIGTERM forwarded) stops the rest: a supervisor that
+    kept serving on fewer processes would hide the failure. Codes of children killed by a
+    signal are reported as 128 + signal, as shells do.
+    """
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    # Installed before the first child exists, so a SIGTERM during start-up orphans nothing.
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     base: list[str] = []
     skip = False
     for arg in argv:  # the children get the same arguments minus --processes
@@ -153,14 +170,26 @@ def supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
         cmd = [sys.executable, "-m", "router", *base, "--reuse-port"]
         cmd += ["--metrics-port", str(args.metrics_port + i)]
         children.append(subprocess.Popen(cmd, env=os.environ.copy()))
-
-    def forward(signum: int, _frame: object) -> None:
+    try:
+        # Blocks until any child exits (PEP 475 resumes it after our signal handler runs).
+        pid, status = os.waitpid(-1, 0)
         for child in children:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(child.wait() for child in children)
+            if child.pid == pid:  # reaped here, so Popen must be told the code
+                child.returncode = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        pass
+    crashed = not stopping
+    if crashed:
+        log.error("a router process exited on its own; stopping the others")
+        forward(signal.SIGTERM, None)  # only once: a second SIGTERM would cut a drain short
+    codes = [child.wait() for child in children]
+    worst = 0
+    for code in codes:
+        code = 128 - code if code < 0 else code
+        worst = max(worst, code)
+    if crashed:
+        worst = max(worst, 1)
+    return worst
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "router") -> int:

@@ -63,8 +63,11 @@ def setup(
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        # OTEL_METRIC_EXPORT_INTERVAL (ms) wins; 5 s otherwise, shorter than the SDK's 60 s
+        # so a canary gate reading an OTLP backend sees fresh data.
+        interval = float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "5000"))
         readers.append(
-            PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=5000)
+            PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=interval)
         )
         tracer_provider = TracerProvider(resource=resource)
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
