@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: help setup prometheus proto proto-check test test-unit test-provider lint demo bench clean
+.PHONY: help setup prometheus proto proto-check test test-unit test-provider lint demo bench loadtest clean
 
 help:
 	@echo "make demo         start the flag daemon on the payment flags, evaluate, change a flag live"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench        evaluator vs openfeature-flagd-core, RPC vs bare grpcio echo, propagation"
 	@echo "make proto        regenerate ripcord_pb/ from protos/"
 	@echo "make lint         ruff + mypy"
+	@echo "make loadtest     Locust load test with the kill-switch drill (python -m loadtest --help)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +72,11 @@ demo: $(STAMP) prometheus
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Locust (master + worker) against daemon, FX simulator and two router processes, with the
+# kill-switch drill; fails on a drill p99 over --drill-p99-ms or a lost/doubled payment.
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtest
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache *.egg-info
