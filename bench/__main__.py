@@ -1,6 +1,6 @@
 """Run every benchmark and print ratio tables (`make bench`)."""
 
-from bench import evaluator, killswitch, propagation, router, rpc
+from bench import backfill, evaluator, killswitch, killswitch_load, propagation, router, rpc
 
 if __name__ == "__main__":
     print("Ripcord benchmarks: each number is compared with a baseline measured in this run.")
@@ -8,4 +8,6 @@ if __name__ == "__main__":
     rpc.report()
     propagation.report()
     killswitch.report()
+    killswitch_load.report()
     router.report()
+    backfill.report()

@@ -16,6 +16,8 @@ commands:
                     write the flag cleanup tickets (Markdown or JSON) from inventory + audit
   router serve ...  run the payment router (see `ripcord router serve --help`)
   fx-sim            run the FX rate provider simulator (`ripcord fx-sim --help`)
+  migrate status|expand|backfill|contract|rollback
+                    the expand-contract migration of payment_transactions.fx_rate_snapshot
   experiment judge  judge the DCC experiment from Prometheus (`ripcord experiment judge --help`)
   canary run|promote|abort|status
                     walk the Rollout's steps on the release flag, gated by the AnalysisTemplate
@@ -50,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from router.cli import main as router_main
 
         return router_main(rest, prog="ripcord router")
+    if command == "migrate":
+        from router.migrate import main as migrate_main
+
+        return migrate_main(rest, prog="ripcord migrate")
     if command == "canary":
         from canary.cli import main as canary_main
 

@@ -28,10 +28,17 @@ A stored response is the first one, whatever its status (a decline replays as a 
 service stores its response with ``replayed`` false and sets it when it returns a replay, and
 never records a transient failure (an acquirer timeout): the client may retry those.
 
-Schema phases: the table starts LEGACY (no ``fx_rate_snapshot``). `Ledger.schema_phase` is the
-hook the migration extends, and `Ledger._insert_payment` is where the dual write of a new column
-goes: in the same INSERT, hence the same transaction, as the legacy columns and the idempotency
-record. Reads use the legacy columns only, so this code also works on the expanded schema.
+Schema phases (`router.schema.detect_phase`; the migration is `router.migrate`). The ledger
+detects the phase when it opens, again at most ``phase_ttl`` seconds later on use, and at once
+when a statement fails (a dropped column, a new NOT NULL): it then retries once in the new phase,
+so it never names a column that is not there.
+
+- ``legacy``: the legacy ``fx_*`` columns only (what old router code writes and reads).
+- ``expanded``: dual write. `Ledger._insert_payment` adds ``fx_rate_snapshot`` (`fx_snapshot`)
+  to the same INSERT, hence the same transaction, as the legacy columns and the idempotency
+  record. Reads take the snapshot when a row has one, else the legacy columns; both say the same.
+- ``contracted``: the snapshot is NOT NULL and is the representation: it alone is written (the
+  legacy ``fx_*`` columns stay NULL on new rows) and read, for old and new rows alike.
 
 The API is synchronous and thread-safe: call it from worker threads.
 """
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -52,25 +60,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import URL, Row, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 
 from router.schema import (
     CONVERSION_OUTCOMES,
     PAYMENT_STATUSES,
+    SchemaPhase,
+    detect_phase,
     ensure_schema,
     idempotency_keys,
     payment_transactions,
+    payment_transactions_fx,
 )
 
 __all__ = [
+    "SNAPSHOT_VERSION",
     "ConversionConflict",
     "ConversionResult",
     "FxQuoteRecord",
     "IdempotencyConflict",
     "InvalidPaymentRecord",
     "Ledger",
+    "LedgerDatabase",
     "LedgerError",
     "PaymentNotFound",
     "PaymentRecord",
@@ -79,13 +92,18 @@ __all__ = [
     "StoredPayment",
     "StoredResponse",
     "acquirer_idempotency_key",
+    "canonical_json",
+    "fx_from_snapshot",
+    "fx_snapshot",
+    "open_database",
     "request_fingerprint",
 ]
 
-SchemaPhase = Literal["legacy"]
-"""Which shape payment_transactions has; the migration adds its phases here."""
+log = logging.getLogger("router.ledger")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_PHASE_TTL = 5.0  # seconds between schema-phase checks (a failing statement checks at once)
+SNAPSHOT_VERSION = 1  # the "v" of fx_rate_snapshot documents
 _MAX_ID_LENGTH = 255  # ids, keys (Stripe's Idempotency-Key limit) and short texts
 _INT64_MAX = 2**63 - 1
 # Any fixed 64-bit key, distinct from the flag daemon's: serialises concurrent PG `open`s.
@@ -163,6 +181,7 @@ class FxQuoteRecord:
     source: str  # "live" | "static"
     converted_amount_minor: int
     as_of: datetime | None = None
+    table_version: str | None = None  # the static table's version; None for live quotes
 
     def __post_init__(self) -> None:
         """Validate every field."""
@@ -175,6 +194,8 @@ class FxQuoteRecord:
         _amount("fx.converted_amount_minor", self.converted_amount_minor)
         if self.as_of is not None and self.as_of.utcoffset() is None:
             raise InvalidPaymentRecord("fx.as_of", "must be tz-aware")
+        if self.table_version is not None:
+            _text("fx.table_version", self.table_version)
 
 
 @dataclass(frozen=True)
@@ -279,8 +300,100 @@ def acquirer_idempotency_key(merchant_id: str, key: str, attempt: int = 0) -> st
     return f"rcacq_{digest[:40]}"
 
 
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: one text per value (the snapshot column's form)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def fx_snapshot(
+    payment: PaymentRecord, origin: Literal["write", "backfill"] = "write"
+) -> dict[str, Any]:
+    """The ``fx_rate_snapshot`` document of a payment (payments-domain note, section 1.5).
+
+    ``{"v": 1, "origin": …, "source": "none"}`` when no quote was offered, so that every row has
+    one; else the quote: id, source, currencies, rate and markup as decimal strings, converted
+    amount, ``as_of`` (ISO 8601, UTC, microseconds) and the static table's version. ``origin``
+    says who wrote it: the router ("write") or the backfill, which rebuilds it from the legacy
+    columns (so ``table_version`` is null there: the legacy columns never had it).
+    `router.backfill` builds the same document in SQL; a test holds the two together.
+    """
+    fx = payment.fx
+    if fx is None:
+        return {"v": SNAPSHOT_VERSION, "origin": origin, "source": "none"}
+    return {
+        "v": SNAPSHOT_VERSION,
+        "origin": origin,
+        "source": fx.source,
+        "quote_id": fx.quote_id,
+        "from_currency": payment.currency,
+        "to_currency": fx.to_currency,
+        "rate": fx.rate,
+        "markup": fx.markup,
+        "converted_amount_minor": fx.converted_amount_minor,
+        "as_of": _iso_utc(fx.as_of),
+        "table_version": fx.table_version,
+    }
+
+
+def fx_from_snapshot(document: Mapping[str, Any]) -> FxQuoteRecord | None:
+    """The quote a snapshot document records (None for ``"source": "none"``)."""
+    if document.get("v") != SNAPSHOT_VERSION:
+        raise LedgerError(f"unknown fx_rate_snapshot version: {document.get('v')!r}")
+    if document["source"] == "none":
+        return None
+    as_of = document.get("as_of")
+    return FxQuoteRecord(
+        quote_id=document["quote_id"],
+        to_currency=document["to_currency"],
+        rate=document["rate"],
+        markup=document["markup"],
+        source=document["source"],
+        converted_amount_minor=int(document["converted_amount_minor"]),
+        as_of=None if as_of is None else datetime.fromisoformat(as_of).astimezone(UTC),
+        table_version=document.get("table_version"),
+    )
+
+
+def _iso_utc(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LedgerDatabase:
+    """An engine configured the ledger's way, and where its tables live."""
+
+    engine: Engine
+    dialect: Literal["sqlite", "postgresql"]
+    schema: str | None  # PG ?schema=, None: the search_path default (always None on SQLite)
+    path: Path | None  # the SQLite file
+
+
+def open_database(url: str) -> LedgerDatabase:
+    """The engine for ``sqlite:///path`` or ``postgresql://…[?schema=name]``; creates nothing."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"not a database URL: {url!r}") from None
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite" and driver in ("pysqlite", ""):
+        engine = _sqlite_engine(parsed)
+        assert parsed.database is not None  # _sqlite_engine refuses URLs without a file
+        return LedgerDatabase(engine, "sqlite", None, Path(parsed.database))
+    if backend == "postgresql" and driver in ("psycopg", ""):
+        engine, schema = _postgresql_engine(parsed)
+        return LedgerDatabase(engine, "postgresql", schema, None)
+    raise ValueError(f"unsupported ledger URL {parsed!r}: use sqlite:/// or postgresql://")
+
+
+def write_options() -> dict[str, Any]:
+    """Execution options of a connection that will write (BEGIN IMMEDIATE on SQLite)."""
+    return {_WRITE: True}
 
 
 # ---- the ledger ----------------------------------------------------------------------------
@@ -294,11 +407,16 @@ class Ledger:
         engine: Engine,
         dialect: Literal["sqlite", "postgresql"],
         clock: Callable[[], datetime],
+        schema: str | None = None,
+        phase_ttl: float = DEFAULT_PHASE_TTL,
     ) -> None:
         """Use `Ledger.open`."""
         self._engine = engine
         self._dialect = dialect
         self._clock = clock
+        self._schema = schema
+        self._phase_ttl = phase_ttl
+        self._phase_expires = 0.0  # time.monotonic() after which the phase is checked again
         # Same-process SQLite writers queue here rather than in SQLite's sleeping busy handler;
         # PostgreSQL writers run concurrently (row locks decide).
         self._sqlite_write_lock = threading.Lock()
@@ -306,27 +424,23 @@ class Ledger:
         self._phase: SchemaPhase = "legacy"
 
     @classmethod
-    def open(cls, url: str, *, clock: Callable[[], datetime] | None = None) -> Ledger:
+    def open(
+        cls,
+        url: str,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        phase_ttl: float = DEFAULT_PHASE_TTL,
+    ) -> Ledger:
         """Connect to ``sqlite:///path`` or ``postgresql://…[?schema=name]``; create tables."""
+        if phase_ttl < 0:
+            raise ValueError("phase_ttl must not be negative")
+        db = open_database(url)
+        ledger = cls(db.engine, db.dialect, clock or _utc_now, db.schema, phase_ttl)
         try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise ValueError(f"not a database URL: {url!r}") from None
-        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
-        if backend == "sqlite" and driver in ("pysqlite", ""):
-            engine, schema = _sqlite_engine(parsed), None
-            dialect: Literal["sqlite", "postgresql"] = "sqlite"
-        elif backend == "postgresql" and driver in ("psycopg", ""):
-            engine, schema = _postgresql_engine(parsed)
-            dialect = "postgresql"
-        else:
-            raise ValueError(f"unsupported ledger URL {parsed!r}: use sqlite:/// or postgresql://")
-        ledger = cls(engine, dialect, clock or _utc_now)
-        try:
-            ledger._create_tables(schema)
-            ledger._phase = ledger._detect_phase()
+            ledger._create_tables(db.schema)
+            ledger.refresh_phase()
         except BaseException:
-            engine.dispose()
+            db.engine.dispose()
             raise
         return ledger
 
@@ -352,8 +466,20 @@ class Ledger:
         self._engine.dispose()
 
     def schema_phase(self) -> SchemaPhase:
-        """The phase of payment_transactions this ledger writes for (always "legacy" for now)."""
+        """The phase of payment_transactions this ledger writes for (re-checked after phase_ttl)."""
+        if time.monotonic() >= self._phase_expires:
+            self.refresh_phase()
         return self._phase
+
+    def refresh_phase(self) -> SchemaPhase:
+        """Detect the phase from the live schema now."""
+        with self._connect() as conn:
+            phase = detect_phase(conn, self._schema)
+        if phase != self._phase:
+            log.info("payment_transactions schema phase: %s -> %s", self._phase, phase)
+        self._phase = phase
+        self._phase_expires = time.monotonic() + self._phase_ttl
+        return phase
 
     # ---- idempotency -------------------------------------------------------------------
 
@@ -390,12 +516,32 @@ class Ledger:
         if not isinstance(response, bytes) or not response:
             raise ValueError("response must be non-empty bytes")
         now = self._now()
+        phase = self.schema_phase()
+        try:
+            return self._record(payment, request_fingerprint, response, now, phase)
+        except DBAPIError:
+            # A migration step may have changed the table since the phase was detected (expand
+            # rolled back: the column is gone; contract: it is NOT NULL). Nothing committed:
+            # try once more in the phase the table is in now.
+            fresh = self.refresh_phase()
+            if fresh == phase:
+                raise
+        return self._record(payment, request_fingerprint, response, now, fresh)
+
+    def _record(
+        self,
+        payment: PaymentRecord,
+        request_fingerprint: str,
+        response: bytes,
+        now: datetime,
+        phase: SchemaPhase,
+    ) -> RecordOutcome:
         try:
             with self._write() as conn:
                 # Payment first: the idempotency record's foreign key needs it. Both rows commit
                 # or neither does; a duplicate key fails the second INSERT (on PostgreSQL it
                 # waits for the other transaction, then fails if that one committed).
-                self._insert_payment(conn, payment, now)
+                self._insert_payment(conn, payment, now, phase)
                 conn.execute(
                     insert(idempotency_keys).values(
                         merchant_id=payment.merchant_id,
@@ -425,11 +571,20 @@ class Ledger:
 
     def get_payment(self, payment_id: str) -> StoredPayment | None:
         """The payment with that id, or None."""
+        phase = self.schema_phase()
+        try:
+            return self._get_payment(payment_id, phase)
+        except DBAPIError:
+            fresh = self.refresh_phase()  # e.g. the column was dropped since the last check
+            if fresh == phase:
+                raise
+        return self._get_payment(payment_id, fresh)
+
+    def _get_payment(self, payment_id: str, phase: SchemaPhase) -> StoredPayment | None:
+        table = payment_transactions if phase == "legacy" else payment_transactions_fx
         with self._connect() as conn:
-            row = conn.execute(
-                select(payment_transactions).where(payment_transactions.c.payment_id == payment_id)
-            ).first()
-        return None if row is None else _stored_payment(row)
+            row = conn.execute(select(table).where(table.c.payment_id == payment_id)).first()
+        return None if row is None else _stored_payment(row, phase)
 
     def record_conversion(self, payment_id: str, outcome: str) -> ConversionResult:
         """Record the outcome once: the same outcome again is a no-op, a different one conflicts."""
@@ -482,20 +637,22 @@ class Ledger:
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _insert_payment(self, conn: Connection, payment: PaymentRecord, now: datetime) -> None:
+    def _insert_payment(
+        self, conn: Connection, payment: PaymentRecord, now: datetime, phase: SchemaPhase
+    ) -> None:
         """INSERT the payment row in the caller's transaction; THE dual-write point."""
         values = _legacy_values(payment, now)
-        # Dual write goes here: once the expand phase exists, a phase that has fx_rate_snapshot
-        # adds it to `values` (and inserts through a Table that declares the column). It is
-        # the same INSERT, so the same transaction as the legacy columns and the idempotency
-        # record; the legacy phase never names a column the schema may not have.
-        conn.execute(insert(payment_transactions).values(values))
-
-    def _detect_phase(self) -> SchemaPhase:
-        # The migration replaces this with detection from the live schema (at start and on
-        # change). An expanded table is still written correctly in the legacy phase: the INSERT
-        # names its columns and the new one is NULLABLE.
-        return "legacy"
+        table: Table = payment_transactions
+        if phase != "legacy":
+            # Same INSERT, so same transaction as the legacy columns and the idempotency record.
+            # The legacy phase names only legacy columns: the new one may not exist.
+            table = payment_transactions_fx
+            values["fx_rate_snapshot"] = fx_snapshot(payment, "write")
+            if phase == "contracted":
+                # Dual write off: the snapshot is the representation now; old code that read
+                # the fx_* columns is gone (the contract guard waited for that).
+                values.update(dict.fromkeys(_LEGACY_FX_FIELDS))
+        conn.execute(insert(table).values(values))
 
     def _create_tables(self, schema: str | None) -> None:
         """Idempotent, and safe when several processes open a fresh database at once."""
@@ -547,6 +704,7 @@ def _sqlite_engine(url: URL) -> Engine:
     engine = create_engine(
         url.set(drivername="sqlite+pysqlite"),
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        json_serializer=canonical_json,
     )
 
     @event.listens_for(engine, "connect")
@@ -597,6 +755,7 @@ def _postgresql_engine(url: URL) -> tuple[Engine, str | None]:
         pool_pre_ping=True,
         connect_args={"application_name": "ripcord-ledger", "connect_timeout": 10},
         execution_options={"schema_translate_map": {None: schema}} if schema else {},
+        json_serializer=canonical_json,
     )
     return engine, schema
 
@@ -671,9 +830,25 @@ def _legacy_values(payment: PaymentRecord, now: datetime) -> dict[str, Any]:
     }
 
 
-def _stored_payment(row: Row[Any]) -> StoredPayment:
+_LEGACY_FX_FIELDS = (
+    "fx_quote_id",
+    "fx_to_currency",
+    "fx_rate",
+    "fx_markup",
+    "fx_source",
+    "fx_converted_amount_minor",
+    "fx_as_of",
+)
+
+
+def _stored_payment(row: Row[Any], phase: SchemaPhase = "legacy") -> StoredPayment:
     fx = None
-    if row.fx_quote_id is not None:
+    snapshot = None if phase == "legacy" else row.fx_rate_snapshot
+    if snapshot is not None:
+        # Written by the router (expanded or contracted) or rebuilt by the backfill from the
+        # legacy columns: either way it says what the legacy columns say, where they exist.
+        fx = fx_from_snapshot(snapshot)
+    elif row.fx_quote_id is not None:
         fx = FxQuoteRecord(
             quote_id=row.fx_quote_id,
             to_currency=row.fx_to_currency,
