@@ -385,6 +385,7 @@ def _fx_record(quote: Quote | None) -> FxQuoteRecord | None:
         source=quote.source,
         converted_amount_minor=quote.converted_amount_minor,
         as_of=quote.as_of,
+        table_version=quote.table_version,
     )
 
 
