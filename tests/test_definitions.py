@@ -25,9 +25,8 @@ CONFORMANCE_FILES = [
 ]
 PAYMENTS = REPO / "deploy" / "flags" / "payments.flagd.json"
 
-needs_testbed = pytest.mark.skipif(
-    not (TESTBED / "flags").is_dir(), reason="shared/conformance/flagd-testbed not present"
-)
+# The testbed is reference data the tests must have: a missing copy fails, never skips.
+needs_testbed = pytest.mark.usefixtures("shared_dir")
 
 
 def _doc(flags: Any, **top: Any) -> str:

@@ -75,8 +75,8 @@ def schema_errors(doc: Doc) -> list[str]:
 
 
 PROMTOOL_MISSING = (
-    "promtool not found: only a structural check ran. Install the Debian package `prometheus` "
-    "(apt-get install -y prometheus) in CI so promtool checks the config and the PromQL"
+    "promtool not found: install the Debian package `prometheus` (apt-get install -y "
+    "prometheus; `make test` does it) so promtool checks the config and the PromQL"
 )
 
 
