@@ -110,10 +110,6 @@ class FlagStore:
         """Call ``listener(snapshot)`` after every publish; it must not block."""
         self._listeners.append(listener)
 
-    def synced_sources(self) -> set[str]:
-        """Sources that have delivered at least one valid payload."""
-        return set(self._by_source)
-
     def source_flags(self, source: str) -> list[Flag]:
         """What ``source`` last delivered (empty before its first load)."""
         return list(self._by_source.get(source, []))
