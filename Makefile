@@ -8,7 +8,7 @@ PROTOS := $(shell find protos -name '*.proto')
 .PHONY: help setup prometheus proto proto-check test test-unit test-provider lint demo bench loadtest clean
 
 help:
-	@echo "make demo         start the flag daemon on the payment flags, evaluate, change a flag live"
+	@echo "make demo         the release rehearsal (~2 min): canary passes, rollback, flip, verdict, report"
 	@echo "make test         lint, generated-code check, unit + integration + conformance tests"
 	@echo "make bench        evaluator vs openfeature-flagd-core, RPC vs bare grpcio echo, propagation"
 	@echo "make proto        regenerate ripcord_pb/ from protos/"
@@ -28,7 +28,7 @@ prometheus:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing prometheus from Debian (apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  { $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || \
+	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || \
 	  { echo "could not install prometheus: run 'apt-get install -y prometheus' as root"; exit 1; }; }
 	@prometheus --version 2>&1 | head -1
 

@@ -58,6 +58,7 @@ from loadtest.drill import (  # noqa: E402
     Window,
     analyse_flip,
 )
+from loadtest.mix import ACCEPT_RATES, FAIL_SHARE, parse_rates  # noqa: E402
 from loadtest.payer import Payer  # noqa: E402
 from loadtest.stack import router_versions  # noqa: E402
 from ripcord_pb.ripcord.admin.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
@@ -121,6 +122,10 @@ def _options(environment: Environment) -> Any:
 # ---- command line ----------------------------------------------------------------------
 
 
+def _rates_text(rates: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in rates.items())
+
+
 @events.init_command_line_parser.add_listener
 def _arguments(parser: Any) -> None:
     # parser.add_argument, not groups: only the former puts an option in the web UI
@@ -130,6 +135,15 @@ def _arguments(parser: Any) -> None:
     g.add_argument(
         "--pace", type=float, default=0.0,
         help="payments per second per user, Poisson arrivals (0: closed loop, no wait)",
+    )  # fmt: skip
+    g.add_argument(
+        "--failing-cards", type=float, default=FAIL_SHARE,
+        help=f"share of payments on the acquirer-down test card ({FAIL_SHARE}; UNAVAILABLE)",
+    )  # fmt: skip
+    g.add_argument(
+        "--accept-rates", default=_rates_text(ACCEPT_RATES),
+        help="per experiment variant, how often an enrolled customer completes the checkout "
+        f"(RecordConversion ACCEPTED): VARIANT=P,... ({_rates_text(ACCEPT_RATES)})",
     )  # fmt: skip
     g.add_argument("--admin-host", default="", help="flag daemon admin API host:port")
     g.add_argument(
@@ -192,6 +206,8 @@ class PaymentUser(User):
             deadline_s=options.deadline_ms / 1000,
             max_retries=options.max_retries,
             sleep=gevent.sleep,
+            fail_share=float(options.failing_cards),
+            accept_rates=parse_rates(options.accept_rates),
         )
         STATE.payers.append(self.payer)
 

@@ -31,6 +31,9 @@ FAIL_BIN = "400119"
 DECLINE_SHARE = 0.06
 FAIL_SHARE = 0.01
 DCC_OPT_IN_SHARE = 0.20
+# Customers who see the checkout complete it with this probability, per experiment variant
+# (`RecordConversion` ACCEPTED, else ABANDONED): an A/A test unless a run says otherwise.
+ACCEPT_RATES = {"control": 0.70, "treatment": 0.70}
 MERCHANTS = 200
 CUSTOMERS = 100_000
 
@@ -63,16 +66,16 @@ def _card_currency(currency: str, rng: random.Random) -> str:
     return "USD"
 
 
-def next_payment(rng: random.Random) -> PaymentSpec:
-    """Draw one payment from the mix."""
+def next_payment(rng: random.Random, *, fail_share: float = FAIL_SHARE) -> PaymentSpec:
+    """Draw one payment from the mix; ``fail_share`` of them on the failing card."""
     codes = list(CURRENCIES)
     currency = rng.choices(codes, [CURRENCIES[c][1] for c in codes])[0]
     _, _, low, high = CURRENCIES[currency]
     draw = rng.random()
     kind: CardKind
-    if draw < FAIL_SHARE:
+    if draw < fail_share:
         kind, card_bin = "fail", FAIL_BIN
-    elif draw < FAIL_SHARE + DECLINE_SHARE:
+    elif draw < fail_share + DECLINE_SHARE:
         kind, card_bin = "decline", rng.choice(sorted(DECLINE_BINS))
     else:
         kind, card_bin = "approve", rng.choice(APPROVE_BINS)
@@ -94,3 +97,18 @@ def next_payment(rng: random.Random) -> PaymentSpec:
 def decimals(currency: str) -> int:
     """Minor-unit exponent of a currency in the mix."""
     return CURRENCIES[currency][0]
+
+
+def parse_rates(text: str) -> dict[str, float]:
+    """``control=0.7,treatment=0.75`` -> {variant: probability}; ValueError names the fault."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        variant, sep, value = item.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if not sep or not variant or not 0 <= rate <= 1:
+            raise ValueError(f"--accept-rates {item!r}: use VARIANT=P with P in 0..1")
+        rates[variant] = rate
+    return rates

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ import grpc
 
 from loadtest.book import Key, PaymentBook
 from loadtest.drill import Recorder
-from loadtest.mix import PaymentSpec, next_payment
+from loadtest.mix import ACCEPT_RATES, FAIL_SHARE, PaymentSpec, next_payment
 from ripcord_pb.ripcord.payments.v1 import payments_pb2 as pb
 from ripcord_pb.ripcord.payments.v1 import payments_pb2_grpc
 
@@ -79,6 +79,8 @@ class Payer:
         rng: random.Random | None = None,
         sleep: Callable[[float], Any] = time.sleep,
         label: str = "",
+        fail_share: float = FAIL_SHARE,
+        accept_rates: Mapping[str, float] | None = None,
     ) -> None:
         self.channel = channel_to(target)
         self.stub = payments_pb2_grpc.PaymentRouterStub(self.channel)
@@ -92,6 +94,8 @@ class Payer:
         self.rng = rng or random.Random()
         self.sleep = sleep
         self.label = label  # appended to every stat name (" (drill probe)")
+        self.fail_share = fail_share
+        self.accept_rates = dict(ACCEPT_RATES if accept_rates is None else accept_rates)
         self.recent: deque[Sent] = deque(maxlen=64)
         self.count = 0
         self.in_flight = 0
@@ -171,7 +175,7 @@ class Payer:
     def pay(self, spec: PaymentSpec | None = None) -> Sent | None:
         """One payment with a fresh key, retried (same key) on UNAVAILABLE, deadline or
         INTERNAL; returns it when acknowledged."""
-        spec = spec or next_payment(self.rng)
+        spec = spec or next_payment(self.rng, fail_share=self.fail_share)
         key = self.new_key()
         request = self.request_for(spec, key)
         book_key: Key = (spec.merchant_id, key)
@@ -191,8 +195,8 @@ class Payer:
                 self._fire(name, start, elapsed, response, exc, key=key, engine=response.engine)
                 sent = Sent(spec, request, response.payment_id, response.status)
                 self.recent.append(sent)
-                if response.HasField("fx_quote"):
-                    self.convert(response.payment_id)
+                if response.experiment_variant:
+                    self.convert(response.payment_id, response.experiment_variant)
                 return sent
             assert error is not None
             code = error.code()
@@ -254,9 +258,11 @@ class Payer:
                 exc = UnexpectedAnswer(f"payment {sent.payment_id} stored as {got}, sent {want}")
         self._fire(GET, start, elapsed, response, exc, payment_id=sent.payment_id)
 
-    def convert(self, payment_id: str) -> None:
-        """The customer accepted (70 %) or abandoned the offered DCC payment."""
-        outcome = "ACCEPTED" if self.rng.random() < 0.7 else "ABANDONED"
+    def convert(self, payment_id: str, variant: str) -> None:
+        """The enrolled customer completed (``accept_rates[variant]``) or abandoned the checkout;
+        both arms report, or the experiment would compare treatment against nothing."""
+        rate = self.accept_rates.get(variant, ACCEPT_RATES.get(variant, 0.7))
+        outcome = "ACCEPTED" if self.rng.random() < rate else "ABANDONED"
         request = pb.RecordConversionRequest(payment_id=payment_id, outcome=outcome)
         response, error, start, elapsed = self._rpc(
             self.stub.RecordConversion, request, observe=False

@@ -21,7 +21,7 @@ commands:
   experiment judge  judge the DCC experiment from Prometheus (`ripcord experiment judge --help`)
   canary run|promote|abort|status
                     walk the Rollout's steps on the release flag, gated by the AnalysisTemplate
-  demo              start the daemon on the payment flags and show evaluations and a live change
+  demo              the release rehearsal: canary passes, rollback, flip, verdict, report
 """
 
 

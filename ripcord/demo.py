@@ -1,313 +1,492 @@
-"""`ripcord demo`: the release plan rehearsed on one machine.
+"""`ripcord demo`: the release rehearsed on one machine, start to finish, in about two minutes.
 
-Starts the flag daemon (on a scratch copy of `deploy/flags/payments.flagd.json`), the FX rate
-simulator and the payment router as real processes, sends payments, rolls the new router out
-through the admin API, opens the circuit the way on-call would at 2 AM, and shows each effect
-from the client's side: which engine served each payment and which flag version decided it.
+Real processes on loopback: the flag daemon (a scratch copy of the payment flags, SQLite state),
+the FX simulator, the payment router, Prometheus (Debian's, scraping both with the checked-in
+config) and Locust sending payments the whole time. Then, in order:
+
+1. the DCC experiment starts (50/50 for opted-in customers); the expand migration runs and the
+   throttled backfill works in the background, gated by its flag;
+2. `ripcord canary run` walks deploy/k8s/payment-router.yaml on the release flag with the gates
+   of deploy/k8s/analysis-template.yaml on short windows; the operator promotes at `pause: {}`;
+3. on-call opens the circuit under load: the time from the admin call's return until every
+   payment goes to the legacy engine, measured from the client side;
+4. v2 of the new engine, carrying a 300 ms latency regression, is deployed (a rolling restart
+   of the router) and released again: the first gate catches it, the flag goes back to 0%, the
+   page is sent and the reason is in the audit trail;
+5. `ripcord experiment judge` reads exposures and conversions from Prometheus;
+6. Locust stops and reconciles every acknowledged payment with the router's database.
+
+It ends with a report (Markdown and a PNG): traffic, p99 latency and error rate per engine over
+time, read back from Prometheus, with the steps, the rollback and the flip marked.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
-from flagd.process import REPO, DaemonProcess, free_port
-from ripcord.flags_cli import main as flags_main
-from ripcord_pb.flagd.evaluation.v2 import evaluation_pb2 as ev
-from ripcord_pb.flagd.evaluation.v2 import evaluation_pb2_grpc as ev_grpc
-from ripcord_pb.ripcord.admin.v1 import admin_pb2 as admin_pb
-from ripcord_pb.ripcord.admin.v1 import admin_pb2_grpc as admin_grpc
+from canary.local_prometheus import PrometheusMissing
+from flagd.process import REPO
+from loadtest.drill import FlipResult, Recorder, analyse_flip
+from ripcord import report
+from ripcord.demo_stack import Child, DemoFailed, Stack
 from ripcord_pb.ripcord.payments.v1 import payments_pb2 as pay
 from ripcord_pb.ripcord.payments.v1 import payments_pb2_grpc as pay_grpc
+from router.ledger import DEFAULT_PHASE_TTL
 
-FLAGS = REPO / "deploy" / "flags" / "payments.flagd.json"
 RELEASE = "payments.new-router.enabled"
 CIRCUIT = "payments.new-router.circuit-open"
 DCC = "payments.dynamic-currency.enabled"
+BACKFILL = "payments.fx-backfill.enabled"
 
-# A payment mix: currencies with 0, 2 and 3 decimals, approving and declining test cards.
-MIX = [
-    ("EUR", 1999, "424242", "USD"),
-    ("JPY", 5400, "424242", "JPY"),
-    ("KWD", 12345, "555555", "USD"),
-    ("USD", 2500, "400002", "USD"),  # a declining test BIN
-    ("GBP", 899, "424242", "EUR"),
-]
+# Locust: 10 closed-loop users at ~7 payments/s each. Failing test cards are left out: they are
+# a real 1% of UNAVAILABLE answers, and at the 1% step the new engine sees ~10 payments per
+# 10 s window, where one of them would fail the 1% error gate by chance alone.
+LOAD = ["-u", "10", "-r", "10", "--pace", "7", "--failing-cards", "0"]
+# The simulated customers: treatment (DCC offered) completes the checkout more often.
+ACCEPT_RATES = "control=0.70,treatment=0.82"
+# The production floor is 10,000 conversions per variant; a two-minute rehearsal gets a few
+# hundred, so the judge runs with a lower floor (it prints the floor it used).
+MIN_CONVERSIONS = 100
+# The gates' short timing: 10 s rate windows, two checks 5 s apart after 5 s.
+GATE_ARGS = ["--arg", "window=10s", "--arg", "interval=5s", "--arg", "count=2",
+             "--arg", "initial-delay=5s"]  # fmt: skip
+REGRESSION = "new:latency=300ms"
+SOAK_S = 15.0  # at 100% before the flip: the experiment gathers data, the plot shows steady state
 
 
 def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-class _Events(threading.Thread):
-    """Prints the daemon's EventStream messages as they arrive (what a provider sees)."""
-
-    def __init__(self, channel: grpc.Channel):
-        super().__init__(daemon=True)
-        self.stub = ev_grpc.ServiceStub(channel)
-        self.changed = threading.Event()
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        try:
-            for message in self.stub.EventStream(ev.EventStreamRequest()):
-                flags = ", ".join(MessageToDict(message.data).get("flags", {}))
-                print(f"   [event stream] {message.type} {flags}", flush=True)
-                if message.type == "provider_ready":
-                    self.ready.set()
-                elif message.type == "configuration_change":
-                    self.changed.set()
-        except grpc.RpcError:
-            pass
+def _now() -> float:
+    return time.time()
 
 
-class Demo:
-    """The running stack and the few things the story does with it."""
+# ---------------------------------------------------------------------------- the story
 
-    def __init__(self, work: Path):
-        self.work = work
-        self.token = secrets.token_urlsafe(24)  # a throwaway operator token for this run
-        self.flags = work / "payments.flagd.json"
-        self.processes: list[subprocess.Popen[str]] = []
-        self.daemon: DaemonProcess | None = None
+
+@dataclass
+class Rehearsal:
+    """The story's steps; each appends to the report."""
+
+    stack: Stack
+    started: float = field(default_factory=_now)
+    marks: list[report.Mark] = field(default_factory=list)
+    summary: list[tuple[str, str, str]] = field(default_factory=list)
+    sections: list[tuple[str, str]] = field(default_factory=list)
+    locust: Child | None = None
+    backfill: Child | None = None
+    experiment_started: float = 0.0
+
+    def ripcord(self, *args: str) -> list[str]:
+        """The `ripcord` command line (this interpreter)."""
+        return [sys.executable, "-m", "ripcord.cli", *args]
+
+    def run_cli(self, *args: str, show: bool = True) -> tuple[int, str]:
+        """Run a `ripcord` command to completion; echo it and its output."""
+        print(f"   $ ripcord {' '.join(args)}", flush=True)
+        done = subprocess.run(
+            self.ripcord(*args), cwd=REPO, env=self.stack.env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        output = (done.stdout + done.stderr).rstrip()
+        if show and output:
+            print("\n".join(f"   │ {line}" for line in output.splitlines()), flush=True)
+        return done.returncode, output
+
+    # 1 -------------------------------------------------------------------------------------
+
+    def start_load_and_migration(self) -> None:
+        """The experiment at 50/50, Locust, the expand migration and the gated backfill."""
+        s = self.stack
+        _say("the DCC experiment starts: 50/50 for opted-in customers")
+        s.rollout(DCC, {"treatment": 50, "control": 50}, "DCC experiment: start at 50/50")
+        self.experiment_started = _now()
+        _say("load: Locust, 10 users at ~7 payments/s each, for the whole rehearsal")
+        cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
+               "--headless", *LOAD, "-t", "30m", "--stop-timeout", "5", "--no-drill",
+               "--accept-rates", ACCEPT_RATES, "--host", f"127.0.0.1:{s.router_port}",
+               "--router-db", s.db_url, "--csv", str(s.work / "locust"),
+               "--only-summary"]  # fmt: skip
+        print("   $ locust " + " ".join(cmd[4:]), flush=True)
+        self.locust = s.spawn("locust", cmd)
+        time.sleep(3)
+        _say("expand migration now, the throttled backfill in the background (gated by its flag)")
+        code, _ = self.run_cli("migrate", "expand", "--db", s.db_url, "--actor", "demo")
+        if code != 0:
+            raise DemoFailed(f"`ripcord migrate expand` exited {code}")
+        self.marks.append(report.Mark(_now(), "expand", "event"))
+        # The backfill must start after every writer dual-writes, or it chases rows written
+        # without the snapshot (and gives up after a few passes, saying so): routers re-read
+        # the schema phase every DEFAULT_PHASE_TTL seconds.
+        wait = DEFAULT_PHASE_TTL + 1
+        print(f"   waiting {wait:g} s for the router to see the new phase (it re-reads it "
+              f"every {DEFAULT_PHASE_TTL:g} s) and dual-write", flush=True)  # fmt: skip
+        time.sleep(wait)
+        s.set_variant(BACKFILL, "on", "FX snapshot migration: start the backfill")
+        self.marks.append(report.Mark(_now(), "backfill", "event"))
+        self.backfill = s.spawn(
+            "backfill",
+            self.ripcord("migrate", "backfill", "--db", s.db_url, "--flagd",
+                         f"127.0.0.1:{s.sync_port}", "--batch-size", "200", "--sleep-ms", "50",
+                         "--no-progress", "--actor", "demo"),
+        )  # fmt: skip
+        print(f"   backfill running (log: {self.backfill.log})", flush=True)
+
+    # 2 and 4 ---------------------------------------------------------------------------------
+
+    def canary(self, number: int) -> dict[str, Any]:
+        """`ripcord canary run` to its end, promoting at `pause: {}`; its final status."""
+        s = self.stack
+        state_dir = s.work / f"canary-{number}"
+        pages = s.work / "pages.jsonl"
+        args = ["canary", "run", "--server", s.admin_target, "--prometheus",
+                s.prometheus.url if s.prometheus else "", *GATE_ARGS, "--pause-scale", "0",
+                "--plain", "--state-dir", str(state_dir), "--user", "demo-release-bot",
+                "--notify-command", f"cat >> {pages} && echo >> {pages}"]  # fmt: skip
+        print(f"   $ ripcord {' '.join(args)}", flush=True)
+        proc = subprocess.Popen(
+            self.ripcord(*args), cwd=REPO, env=s.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        reader = threading.Thread(target=_echo, args=(proc.stdout, "   │ "), daemon=True)
+        reader.start()
+        promoted: set[str] = set()
+        deadline = time.monotonic() + 300
+        while proc.poll() is None:
+            status = _read_json(state_dir / "status.json")
+            pause = (status or {}).get("pause") or {}
+            token = (status or {}).get("pause_token")
+            if status and status.get("phase") == "Paused" and token and token not in promoted:
+                if pause.get("kind") == "promote":
+                    promoted.add(token)
+                    time.sleep(2)  # an operator glances at the dashboard first
+                    self.marks.append(report.Mark(_now(), "promoted", "event"))
+                    self.run_cli("canary", "promote", "--state-dir", str(state_dir),
+                                 "--user", "demo-oncall")  # fmt: skip
+                elif pause.get("kind") == "inconclusive":
+                    promoted.add(token)
+                    print("   the gate was inconclusive: the rehearsal aborts the run", flush=True)
+                    self.run_cli("canary", "abort", "--state-dir", str(state_dir),
+                                 "--server", s.admin_target, "--user", "demo-oncall")  # fmt: skip
+            if time.monotonic() > deadline:
+                proc.terminate()  # the driver aborts on SIGTERM: flag back to 0%
+                proc.wait(30)
+                raise DemoFailed(f"canary pass {number} did not finish in 300 s")
+            time.sleep(0.25)
+        reader.join(5)
+        final = _read_json(state_dir / "status.json") or {}
+        final["exit_code"] = proc.returncode
+        return final
+
+    def healthy_release(self) -> None:
+        """Pass 1: every gate passes, the flag reaches 100%."""
+        _say("pass 1: `ripcord canary run` walks 1% → 5% → 25% → 50% → pause → 100%, gated")
+        t0 = _now()
+        status = self.canary(1)
+        took = _now() - t0
+        if status["exit_code"] != 0 or status.get("weight") != 100:
+            raise DemoFailed(
+                f"pass 1 should reach 100% with a healthy engine: phase {status.get('phase')}, "
+                f"weight {status.get('weight')}%, {status.get('message')}"
+            )
+        gates = sum(1 for step in status.get("steps_list", []) if "analysis" in step["description"])
+        self.summary.append(("pass 1: healthy new engine", "reached 100%",
+                             f"{gates} gates passed in {took:.0f} s"))  # fmt: skip
+        self.sections.append(("Pass 1: the healthy release", _status_text(status)))
+
+    def flip(self) -> None:
+        """On-call opens the circuit under load; measured from the client side."""
+        s = self.stack
+        _say(f"the release soaks at 100% for {SOAK_S:.0f} s, then on-call opens the circuit")
+        time.sleep(SOAK_S)
+        probe = _Probe(s.router_port)
+        probe.start()
+        time.sleep(0.5)  # samples before the flip: proof that the new engine was serving
+        t_call = _now()
+        reply = s.set_variant(CIRCUIT, "on", "INC-4242: rehearsal, error spike on the new router")
+        t_ack = _now()
+        applied = s.wait_router_version(int(reply.version))
+        deadline = time.monotonic() + 5
+        result: FlipResult | None = None
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            result = analyse_flip(
+                1, int(reply.version), t_call, t_ack, [probe.recorder.window(t_call - 1.0)],
+                min_samples=20, quiet_s=0.1,
+            )  # fmt: skip
+            if result.converged:
+                break
+        probe.stop()
+        if result is None or not result.converged or result.pre_new == 0:
+            raise DemoFailed(f"the circuit flip did not converge: {result}")
+        print(
+            f"   committed as version {reply.version} by {reply.change.actor} in "
+            f"{1000 * (t_ack - t_call):.1f} ms; every payment started "
+            f"{result.latency_ms:.1f} ms after the call returned went to legacy "
+            f"({result.samples_after} probe payments after the flip, {probe.sent} in all); "
+            f"the router's /metrics showed the new version after {1000 * (applied - t_ack):.1f} ms",
+            flush=True,
+        )
+        self.summary.append(("kill switch under load", "all traffic to legacy",
+                             f"{result.latency_ms:.1f} ms from ack to legacy-only "
+                             f"(commit {1000 * (t_ack - t_call):.1f} ms)"))  # fmt: skip
+        self.sections.append((
+            "Kill switch under load",
+            f"`SetDefaultVariant({CIRCUIT} = on)` returned after {1000 * (t_ack - t_call):.1f} ms "
+            f"(committed with its audit record, version {reply.version}). Probe payments "
+            f"({probe.sent} from four threads, beside Locust's load) started from "
+            f"{result.latency_ms:.1f} ms after the return on were all served by legacy; "
+            f"{result.pre_new} probe payments in the second before the flip went to the new "
+            f"engine. The router process reported the new flag version "
+            f"{1000 * (applied - t_ack):.1f} ms after the return.",
+        ))  # fmt: skip
+        time.sleep(5)
+        reply = s.set_variant(CIRCUIT, "off", "INC-4242: rehearsal over, closing the circuit")
+        s.wait_router_version(int(reply.version))
+        print("   circuit closed again after 5 s", flush=True)
+
+    def regression(self) -> None:
+        """Pass 2: v2 with a latency regression; the first gate catches it."""
+        s = self.stack
+        _say(f"v2 of the new engine ships a latency regression ({REGRESSION}): the release "
+             "starts over at 0%, the router is redeployed (rolling, same port)")  # fmt: skip
+        s.rollout(RELEASE, {"on": 0, "off": 100}, "v2 of the new engine: the release starts over")
+        self.marks.append(report.Mark(_now(), "deploy v2 (+300 ms)", "event"))
+        old = s.router
+        s.router = s.start_router(faults=[REGRESSION])
+        if old is not None:
+            code = old.stop()
+            print(f"   the v1 router process drained and exited {code}", flush=True)
+        _say("pass 2: the same Rollout and gates against v2")
+        status = self.canary(2)
+        pages = [json.loads(line) for line in _lines(s.work / "pages.jsonl")]
+        audit = [r for r in s.audit(self.started) if r.get("flag_key") == RELEASE]
+        last = audit[-1] if audit else {}
+        weight = report.on_weight(last.get("after"))
+        if status["exit_code"] == 0 or weight != 0 or not pages:
+            raise DemoFailed(
+                f"pass 2 should be rolled back by a gate: exit {status['exit_code']}, weight "
+                f"{weight}, {len(pages)} pages"
+            )
+        page = {
+            k: v for k, v in pages[-1].items() if k in ("event", "flag", "flag_weight", "reason")
+        }
+        print(f"   the page (notify command, JSON on stdin): {json.dumps(page)}", flush=True)
+        print(f"   audit: version {last.get('version')} by {last.get('actor')}: "
+              f"{last.get('reason')}", flush=True)  # fmt: skip
+        where = f"rolled back at step {status.get('step')}/{status.get('steps')}"
+        reason = str(last.get("reason", ""))[:160]
+        self.summary.append(("pass 2: +300 ms regression", where, reason))
+        self.sections.append((
+            "Pass 2: the regression caught",
+            _status_text(status)
+            + f"\n\nAudit record (version {last.get('version')}, actor {last.get('actor')}): "
+            f"{last.get('reason')}\n\nPage sent (fields of the notification JSON): "
+            f"`{json.dumps(page)}`",
+        ))  # fmt: skip
+
+    def judge(self) -> None:
+        """The experiment's verdict from Prometheus."""
+        s = self.stack
+        assert s.prometheus is not None
+        window = max(30, int(_now() - self.experiment_started) + 5)
+        _say("the DCC experiment's verdict")
+        code, output = self.run_cli(
+            "experiment", "judge", "--prometheus", s.prometheus.url, "--window", f"{window}s",
+            "--min-conversions", str(MIN_CONVERSIONS),
+        )  # fmt: skip
+        if code not in (0, 3):  # 3 = insufficient data: honest, not a failure of the demo
+            raise DemoFailed(f"`ripcord experiment judge` exited {code}")
+        lines = [ln.strip() for ln in output.splitlines()]
+        verdict = lines[0].rpartition(": ")[2] if lines else "?"
+        lift = next((ln for ln in lines if ln.startswith(("lift", "z-test"))), "")
+        floor = f"floor {MIN_CONVERSIONS} conversions per variant (production 10,000)"
+        self.summary.append(("DCC experiment", verdict, f"{' '.join(lift.split())}; {floor}"))
+        self.sections.append(("The experiment verdict", f"```\n{output}\n```"))
+
+    def finish(self) -> None:
+        """Stop the load (Locust reconciles), the backfill's status, the report."""
+        s = self.stack
+        _say("Locust stops and reconciles every acknowledged payment with the router's database")
+        if self.locust is not None:
+            code = self.locust.stop(signal.SIGTERM, timeout=60)
+            tail = self.locust.tail(40)
+            money = [ln for ln in tail.splitlines() if "econcil" in ln or "payments" in ln]
+            print("\n".join(f"   │ {ln}" for ln in money[-4:]), flush=True)
+            self.summary.append(("load (Locust)", f"exit {code}", _locust_totals(s.work)))
+            self.sections.append(("Load and reconciliation", f"```\n{tail}\n```"))
+            if code != 0:
+                raise DemoFailed(f"Locust exited {code}: payments lost or doubled?\n{tail}")
+        _say("the migration: expand done, backfill status")
+        if self.backfill is not None:
+            if self.backfill.proc.poll() is None:
+                self.backfill.stop(signal.SIGTERM)
+            print(f"   backfill log: {self.backfill.tail(3)}", flush=True)
+        code, status = self.run_cli("migrate", "status", "--db", s.db_url)
+        phase = next((ln for ln in status.splitlines() if ln.strip().startswith("phase")), "")
+        self.summary.append(("expand + backfill", "ran under load",
+                             " ".join(phase.split()[1:]) or f"exit {code}"))  # fmt: skip
+        self.sections.append(("Migration", f"```\n{status}\n```"))
+
+    def write_report(self) -> Path:
+        """Markdown + PNG in the work directory."""
+        s = self.stack
+        assert s.prometheus is not None
+        end = _now()
+        time.sleep(1.5)  # the last scrape
+        series = report.fetch_series(s.prometheus, self.started, end)
+        marks = sorted(report.marks_from_audit(s.audit(self.started)) + self.marks,
+                       key=lambda m: m.at)  # fmt: skip
+        title = f"Ripcord release rehearsal, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        image = report.plot(series, marks, self.started, s.work / "timeline.png", title)
+        text = report.markdown(title, self.summary, image.name, self.sections, marks, self.started)
+        path = s.work / "report.md"
+        path.write_text(text)
+        return path
+
+
+class _Probe:
+    """Probe payments at ~200/s from four threads, each recorded: which engine, when."""
+
+    def __init__(self, port: int) -> None:
+        self.recorder = Recorder()
         self.sent = 0
-
-    # -- processes -------------------------------------------------------------------------
+        self._stop = threading.Event()
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self._stub = pay_grpc.PaymentRouterStub(self._channel)
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                         for i in range(4)]  # fmt: skip
 
     def start(self) -> None:
-        """Daemon, FX simulator, router; wait until each is ready."""
-        shutil.copy(FLAGS, self.flags)
-        shutil.rmtree(self.work / "state", ignore_errors=True)
-        shutil.rmtree(self.work / "router", ignore_errors=True)
-        self.daemon = DaemonProcess(
-            "--uri", f"file:{self.flags}", "--state-dir", str(self.work / "state"),
-            "--log-level", "WARNING",
-            preferred_ports=(8013, 8014, 8015), capture=False,
-            env={"RIPCORD_TOKENS": f"demo-oncall:operator:{self.token}"},
-        )  # fmt: skip
-        _say("starting the flag daemon, the FX simulator and the payment router")
-        print("   $ python " + " ".join(self.daemon.command[1:]))
-        self.daemon.start(timeout=20)
-        self.fx_port = free_port(8099)
-        self.router_port = free_port(50051)
-        self.metrics_port = free_port(9464)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        fx_cmd = [sys.executable, "-m", "router.fxsim", "--port", str(self.fx_port)]
-        router_cmd = [
-            sys.executable, "-m", "router", "serve", "--host", "127.0.0.1",
-            "--port", str(self.router_port), "--metrics-port", str(self.metrics_port),
-            "--flagd", f"127.0.0.1:{self.daemon.sync_port}",
-            "--db", f"sqlite:///{self.work / 'router' / 'payments.db'}",
-            "--fx", f"http://127.0.0.1:{self.fx_port}", "--log-level", "WARNING",
-        ]  # fmt: skip
-        (self.work / "router").mkdir(parents=True, exist_ok=True)
-        for cmd in (fx_cmd, router_cmd):
-            print("   $ python " + " ".join(cmd[1:]))
-            self.processes.append(subprocess.Popen(cmd, cwd=self.work, env=env, text=True))
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.router_port}")
-        grpc.channel_ready_future(self.channel).result(timeout=20)
-        self.daemon_channel = grpc.insecure_channel(f"127.0.0.1:{self.daemon.port}")
-        self.router = pay_grpc.PaymentRouterStub(self.channel)
-        self.admin = admin_grpc.FlagAdminStub(self.daemon_channel)
-        self.wait_router_version(1)
-        print(
-            f"   flagd :{self.daemon.port}/:{self.daemon.sync_port}  fx-sim :{self.fx_port}  "
-            f"router :{self.router_port} (metrics :{self.metrics_port})"
-        )
+        for t in self._threads:
+            t.start()
 
-    def stop(self) -> int:
-        """SIGTERM everything; the worst exit code."""
-        codes = []
-        for proc in reversed(self.processes):
-            proc.terminate()
-        for proc in self.processes:
-            codes.append(proc.wait(15))
-        if self.daemon is not None:
-            codes.append(self.daemon.stop())
-        return max(codes, default=0)
-
-    def kill(self) -> None:
-        """Leave nothing running, whatever happened."""
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-        if self.daemon is not None:
-            self.daemon.kill()
-
-    # -- the story's verbs -----------------------------------------------------------------
-
-    def router_metric(self, prefix: str, needle: str) -> float:
-        """One sample from the router's /metrics."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(prefix) and needle in line:
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def wait_router_version(self, version: int) -> float:
-        """Poll the router until its flag snapshot is at ``version``; returns when (monotonic)."""
-        deadline = time.monotonic() + 10
-        while self.router_metric("payments_flags", 'what="version"') < version:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"router never applied flag version {version}")
-            time.sleep(0.002)
-        return time.monotonic()
-
-    def payments(self, n: int, *, dcc: bool = False) -> Counter[str]:
-        """Send ``n`` payments; count them by engine (and FX source for DCC ones)."""
-        seen: Counter[str] = Counter()
-        for i in range(n):
+    def _run(self, n: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            i += 1
             self.sent += 1
-            ccy, amount, card_bin, card_ccy = MIX[i % len(MIX)]
             request = pay.AuthorizeRequest(
-                idempotency_key=f"demo-{self.sent}",
-                merchant_id=f"merchant-{i % 40}",
-                customer_id=f"customer-{i}",
-                amount_minor=amount,
-                currency=ccy,
-                card=pay.Card(token=f"tok_{i}", bin=card_bin, last4="4242", currency=card_ccy),
-                dcc_opt_in=dcc,
-            )
-            reply = self.router.Authorize(request, timeout=10)
-            seen[reply.engine] += 1
-            if dcc and reply.experiment_variant:
-                seen[f"{reply.experiment_variant}/fx:{reply.fx_quote.source or 'none'}"] += 1
-        return seen
+                idempotency_key=f"probe-{n}-{i}-{secrets.token_hex(4)}",
+                merchant_id=f"probe-merchant-{i % 50}", customer_id=f"probe-{n}",
+                amount_minor=1000, currency="EUR",
+                card=pay.Card(token="tok_probe", bin="424242", last4="4242", currency="EUR"),
+            )  # fmt: skip
+            token, _ = self.recorder.begin()
+            try:
+                reply = self._stub.Authorize(request, timeout=2)
+                self.recorder.end(token, reply.engine, int(reply.flag_version), f"probe{n}")
+            except grpc.RpcError:
+                self.recorder.end(token)
+            self._stop.wait(0.02)
 
-    def change(self, call: Callable[..., Any], request: Any) -> Any:
-        """An admin call with the operator token."""
-        return call(request, metadata=(("authorization", f"Bearer {self.token}"),))
-
-    def rollout(self, key: str, weights: dict[str, int], reason: str) -> int:
-        """SetRollout, as the canary runner does at each step; waits for the router."""
-        reply = self.change(
-            self.admin.SetRollout,
-            admin_pb.SetRolloutRequest(
-                key=key,
-                reason=reason,
-                weights=[admin_pb.RolloutWeight(variant=v, weight=w) for v, w in weights.items()],
-            ),
-        )
-        self.wait_router_version(reply.version)
-        return int(reply.version)
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        self._channel.close()
 
 
-def _show(counts: Counter[str]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+def _echo(stream: IO[str], prefix: str) -> None:
+    for line in stream:
+        print(prefix + line.rstrip(), flush=True)
 
 
-def _edit(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    doc = json.loads(path.read_text())
-    change(doc["flags"])
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)  # atomic, like a ConfigMap update
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not written yet, or being replaced
+    return doc if isinstance(doc, dict) else None
 
 
-def story(demo: Demo) -> None:
-    """The rehearsal, step by step."""
-    assert demo.daemon is not None
-    events = _Events(demo.daemon_channel)
-    events.start()
-    events.ready.wait(5)
+def _lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
 
-    _say("day 0: the new router is dark (release flag at 0%)")
-    print(f"   200 payments -> {_show(demo.payments(200))}")
 
-    _say("canary step: the release flag to 25% through the admin API (what `canary run` does)")
-    version = demo.rollout(RELEASE, {"on": 25, "off": 75}, "canary step 25%")
-    print(f"   configuration version {version}")
-    print(f"   200 payments -> {_show(demo.payments(200))}  (split by merchant, stable)")
-
-    _say("the DCC experiment: 50/50 for opted-in customers, quotes from the live FX provider")
-    demo.rollout(RELEASE, {"on": 100, "off": 0}, "full rollout for the experiment demo")
-    demo.rollout(DCC, {"treatment": 50, "control": 50}, "start the DCC experiment")
-    print(f"   100 opted-in payments -> {_show(demo.payments(100, dcc=True))}")
-    urllib.request.urlopen(
-        urllib.request.Request(
-            f"http://127.0.0.1:{demo.fx_port}/control", data=b'{"mode": "gone"}', method="POST"
-        ),
-        timeout=5,
-    ).read()
-    print("   the FX provider goes away (fx-sim mode 'gone'):")
-    print(f"   100 opted-in payments -> {_show(demo.payments(100, dcc=True))}")
-    print(
-        "   (fallback to the static table; its rates are older than their freshness bound, "
-        "so no conversion is offered rather than a stale one)"
+def _status_text(status: dict[str, Any]) -> str:
+    steps = " → ".join(f"{s['description']} [{s['status']}]" for s in status.get("steps_list", []))
+    metrics = (status.get("analysis") or {}).get("metrics") or []
+    rows = "\n".join(
+        f"| {m['name']} | {m.get('phase')} | {m.get('value') or '-'} |" for m in metrics
     )
-
-    _say("2 AM: error spike on the new router. On-call opens the circuit (one admin call)")
-    events.changed.clear()
-    t0 = time.monotonic()
-    reply = demo.change(
-        demo.admin.SetDefaultVariant,
-        admin_pb.SetDefaultVariantRequest(
-            key=CIRCUIT, variant="on", reason="INC-42: new router error spike"
-        ),
+    text = (
+        f"Final phase **{status.get('phase')}**, weight {status.get('weight')}%: "
+        f"{status.get('message')}\n\nSteps: {steps}"
     )
-    returned = time.monotonic()
-    applied = demo.wait_router_version(reply.version)
-    print(
-        f"   committed as version {reply.version} by {reply.change.actor} in "
-        f"{1000 * (returned - t0):.1f} ms; the router applied it within "
-        f"{1000 * (applied - returned):.1f} ms of the call's return (polling its /metrics)"
-    )
-    print(f"   200 payments -> {_show(demo.payments(200))}")
-    print("   $ ripcord flags audit " + CIRCUIT)
-    os.environ["RIPCORD_TOKEN"] = demo.token
-    os.environ.setdefault("COLUMNS", "150")  # tables stay readable in a pipe
-    flags_main(["--server", f"127.0.0.1:{demo.daemon.port}", "audit", CIRCUIT])
+    if rows:
+        text += f"\n\nLast analysis:\n\n| metric | phase | last value |\n|---|---|---|\n{rows}"
+    return text
 
-    _say("a file edit cannot silently undo the admin override; an invalid edit is refused")
-    _edit(demo.flags, lambda f: f[CIRCUIT].update({"defaultVariant": "off"}))
-    time.sleep(0.6)
-    stub = ev_grpc.ServiceStub(demo.daemon_channel)
-    r = stub.ResolveBoolean(ev.ResolveBooleanRequest(flag_key=CIRCUIT))
-    print(f"   after editing the file to 'off': {CIRCUIT} = {r.value} (override holds)")
-    _edit(demo.flags, lambda f: f[CIRCUIT].update({"defaultVariant": "onn"}))
-    time.sleep(0.6)
-    print(f"   /readyz: {demo.daemon.readyz()['sources'][0]['last_error']}")
 
-    _say("the rollout, step by step, in the audit trail")
-    flags_main(["--server", f"127.0.0.1:{demo.daemon.port}", "list"])
-    print(
-        f"\n   router: {demo.router_metric('payments_idempotent_replays_total', '') or 0:.0f} "
-        "replays; every payment above is in the router's SQLite ledger"
-    )
+def _locust_totals(work: Path) -> str:
+    """Requests and failures from Locust's CSV (the Aggregated row)."""
+    stats = work / "locust_stats.csv"
+    if not stats.exists():
+        return "no stats"
+    header, *rows = [line.split(",") for line in stats.read_text().splitlines()]
+    for row in rows:
+        item = dict(zip(header, row, strict=False))
+        if item.get("Name") == "Aggregated":
+            return f"{item.get('Request Count')} calls, {item.get('Failure Count')} failures"
+    return "no aggregate"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the rehearsal; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="ripcord demo", description=__doc__)
+    """Run the rehearsal; returns the exit code (0: every step behaved as a release must)."""
+    parser = argparse.ArgumentParser(
+        prog="ripcord demo", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument(
-        "--workdir", default=str(REPO / ".state" / "demo"), help="scratch directory"
-    )
+        "--workdir", default=str(REPO / ".state" / "demo"),
+        help="scratch directory: state, logs, report.md and timeline.png (emptied first)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    demo = Demo(work)
+    work = Path(args.workdir).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    stack = Stack(work)
+    rehearsal = Rehearsal(stack)
     try:
-        demo.start()
-        story(demo)
-        _say("graceful stop (SIGTERM): streams are told provider_shutdown, processes drain")
-        code = demo.stop()
+        _say("starting the flag daemon, the FX simulator, the router and Prometheus")
+        stack.start()
+        rehearsal.start_load_and_migration()
+        rehearsal.healthy_release()
+        rehearsal.flip()
+        rehearsal.regression()
+        rehearsal.judge()
+        rehearsal.finish()
+        path = rehearsal.write_report()
+        _say("graceful stop (SIGTERM): streams get provider_shutdown, processes drain")
+        code = stack.stop()
         print(f"   all processes exited with {code}")
+        _say(f"report: {path} (plot: {path.parent / 'timeline.png'})")
+        for phase, outcome, measured in rehearsal.summary:
+            print(f"   {phase:28} {outcome:40.40} {measured}")
         return 0 if code == 0 else 1
+    except PrometheusMissing as exc:
+        print(f"ripcord demo: {exc}", file=sys.stderr)
+        return 1
+    except DemoFailed as exc:
+        print(f"\nripcord demo: FAILED: {exc}\n(logs: {work / 'logs'})", file=sys.stderr)
+        return 1
     finally:
-        demo.kill()
+        stack.kill()

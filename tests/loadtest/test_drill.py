@@ -18,7 +18,7 @@ from loadtest.drill import (
     analyse_flip,
     percentile,
 )
-from loadtest.mix import CURRENCIES, FAIL_BIN, decimals, next_payment
+from loadtest.mix import CURRENCIES, FAIL_BIN, decimals, next_payment, parse_rates
 from router.ledger import Ledger, PaymentRecord
 
 T_CALL, T_ACK = 100.0, 100.010  # the admin call took 10 ms
@@ -197,3 +197,15 @@ def test_reconcile_finds_lost_doubled_and_refused_payments(tmp_path: Path) -> No
 def test_reconcile_fails_when_the_database_is_unreachable(tmp_path: Path) -> None:
     result = reconcile(PaymentBook(), "postgresql://nobody@127.0.0.1:1/none")
     assert not result.ok and result.error
+
+
+def test_the_failing_card_share_is_a_parameter() -> None:
+    rng = random.Random(2)
+    assert not any(next_payment(rng, fail_share=0).kind == "fail" for _ in range(3000))
+
+
+def test_accept_rates_parse_and_refuse_nonsense() -> None:
+    assert parse_rates("control=0.7, treatment=0.82") == {"control": 0.7, "treatment": 0.82}
+    for bad in ("control", "control=1.5", "=0.5", "control=x"):
+        with pytest.raises(ValueError, match="--accept-rates"):
+            parse_rates(bad)
