@@ -4,8 +4,9 @@ Real processes on loopback: the flag daemon (a scratch copy of the payment flags
 the FX simulator, the payment router, Prometheus (Debian's, scraping both with the checked-in
 config) and Locust sending payments the whole time. Then, in order:
 
-1. the DCC experiment starts (50/50 for opted-in customers); the expand migration runs and the
-   throttled backfill works in the background, gated by its flag;
+1. the DCC experiment starts (50/50 for opted-in customers), shadow comparison is turned on
+   (so the shadow-mismatch gate has data); the expand migration runs and the throttled
+   backfill works in the background, gated by its flag;
 2. `ripcord canary run` walks deploy/k8s/payment-router.yaml on the release flag with the gates
    of deploy/k8s/analysis-template.yaml on short windows; the operator promotes at `pause: {}`;
 3. on-call opens the circuit under load: the time from the admin call's return until every
@@ -52,6 +53,7 @@ RELEASE = "payments.new-router.enabled"
 CIRCUIT = "payments.new-router.circuit-open"
 DCC = "payments.dynamic-currency.enabled"
 BACKFILL = "payments.fx-backfill.enabled"
+SHADOW = "payments.new-router.shadow"
 
 # Locust: 10 closed-loop users at ~7 payments/s each. Failing test cards are left out: they are
 # a real 1% of UNAVAILABLE answers, and at the 1% step the new engine sees ~10 payments per
@@ -114,8 +116,11 @@ class Rehearsal:
     def start_load_and_migration(self) -> None:
         """The experiment at 50/50, Locust, the expand migration and the gated backfill."""
         s = self.stack
-        _say("the DCC experiment starts: 50/50 for opted-in customers")
+        _say("the DCC experiment starts (50/50 for opted-in customers); shadow comparison on")
         s.rollout(DCC, {"treatment": 50, "control": 50}, "DCC experiment: start at 50/50")
+        # Both engines decide every payment (the other one without side effects), so the
+        # shadow-mismatch gate judges real comparisons rather than passing on "no data".
+        s.set_variant(SHADOW, "on", "rehearsal: shadow comparison for the canary gates")
         self.experiment_started = _now()
         _say("load: Locust, 10 users at ~7 payments/s each, for the whole rehearsal")
         cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),

@@ -29,6 +29,11 @@ QUERIES = {
         m=_METRIC.format(suffix="_bucket", extra="")
     ),
 }
+CAPTION = (
+    "Each panel is a Prometheus rate at 1 s resolution, over 5 s (traffic) or 10 s (p99, errors):"
+    " a switch that takes milliseconds shows as a ramp of a few seconds. The flip's latency in"
+    " the table is measured per request, from the client side."
+)
 MARK_COLOURS = {"step": "#4a7ab5", "rollback": "#c0392b", "flip": "#8e44ad", "event": "#d68910"}
 
 __all__ = ["Mark", "Series", "fetch_series", "markdown", "marks_from_audit", "plot"]
@@ -195,7 +200,7 @@ def markdown(
     """The report: a summary table (phase, outcome, numbers), the plot, then the details."""
     lines = [f"# {title}", "", "| phase | outcome | measured |", "|---|---|---|"]
     lines += [f"| {_cell(a)} | {_cell(b)} | {_cell(c)} |" for a, b, c in summary]
-    lines += ["", f"![latency and error rate per engine over time]({image})", ""]
+    lines += ["", f"![latency and error rate per engine over time]({image})", "", CAPTION, ""]
     lines += ["Marked on the plot (from the audit trail and the rehearsal's log):", ""]
     lines += [f"- t+{m.at - start:5.1f} s: {m.label} ({m.kind})" for m in marks]
     for heading, body in sections:

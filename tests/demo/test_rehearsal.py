@@ -35,6 +35,8 @@ def test_the_rehearsal_releases_catches_the_regression_and_reports(tmp_path: Pat
         r"2/11 \(setWeight 1\): p99-latency = [0-9.]+ >= 0\.2",
         text,
     ), text
+    # Shadowing is on: the mismatch gate judged real comparisons, not "no data".
+    assert re.search(r"\| shadow-status-mismatch \| Successful \| [0-9.e-]+ \|", text), text
     assert '"event": "canary.aborted"' in text and '"flag_weight": 0' in text
     flip = re.search(r"\| kill switch under load \| all traffic to legacy \| ([0-9.]+) ms", text)
     assert flip, text
