@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import logging
@@ -126,6 +127,23 @@ def _rates_text(rates: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in rates.items())
 
 
+def _rates_arg(text: str) -> dict[str, float]:
+    try:
+        return parse_rates(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _share_arg(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share between 0 and 1")
+    return share
+
+
 @events.init_command_line_parser.add_listener
 def _arguments(parser: Any) -> None:
     # parser.add_argument, not groups: only the former puts an option in the web UI
@@ -137,11 +155,11 @@ def _arguments(parser: Any) -> None:
         help="payments per second per user, Poisson arrivals (0: closed loop, no wait)",
     )  # fmt: skip
     g.add_argument(
-        "--failing-cards", type=float, default=FAIL_SHARE,
+        "--failing-cards", type=_share_arg, default=FAIL_SHARE,
         help=f"share of payments on the acquirer-down test card ({FAIL_SHARE}; UNAVAILABLE)",
     )  # fmt: skip
     g.add_argument(
-        "--accept-rates", default=_rates_text(ACCEPT_RATES),
+        "--accept-rates", type=_rates_arg, default=_rates_text(ACCEPT_RATES),
         help="per experiment variant, how often an enrolled customer completes the checkout "
         f"(RecordConversion ACCEPTED): VARIANT=P,... ({_rates_text(ACCEPT_RATES)})",
     )  # fmt: skip
@@ -206,8 +224,8 @@ class PaymentUser(User):
             deadline_s=options.deadline_ms / 1000,
             max_retries=options.max_retries,
             sleep=gevent.sleep,
-            fail_share=float(options.failing_cards),
-            accept_rates=parse_rates(options.accept_rates),
+            fail_share=options.failing_cards,
+            accept_rates=options.accept_rates,
         )
         STATE.payers.append(self.payer)
 
