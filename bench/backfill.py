@@ -33,6 +33,7 @@ from psycopg import sql
 
 from bench.timing import percentile
 from flagd.process import REPO
+from loadtest.history import seed_history
 from router.ledger import Ledger, PaymentRecord, open_database, request_fingerprint
 
 PG_URL = os.environ.get("RIPCORD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -46,35 +47,6 @@ SMALL_S = 20.0
 # ids are random), so a window with smaller batches shows the other side of the trade-off.
 SMALL = (100, 10.0)
 FP = request_fingerprint({"bench": "backfill"})
-
-_COLUMNS = (
-    "payment_id, idempotency_key, merchant_id, customer_id, amount_minor, currency, status,"
-    " decline_reason, engine, acquirer, card_bin, card_last4, experiment_variant, flag_version,"
-    " fx_quote_id, fx_to_currency, fx_rate, fx_markup, fx_source, fx_converted_amount_minor,"
-    " fx_as_of, created_at"
-)
-_SQLITE_SEED = f"""
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {{rows}})
-INSERT INTO payment_transactions ({_COLUMNS})
-SELECT lower(hex(randomblob(16))), 'seed-' || i, 'm-' || (i % 100), 'c-' || (i % 1000),
-  1000 + i, 'EUR', 'APPROVED', '', 'legacy', 'acq-eu', '411111', '1111', '', 1,
-  CASE WHEN i % 2 = 0 THEN 'fxq-' || i END, CASE WHEN i % 2 = 0 THEN 'GBP' END,
-  CASE WHEN i % 2 = 0 THEN '0.856700' END, CASE WHEN i % 2 = 0 THEN '0.035' END,
-  CASE WHEN i % 2 = 0 THEN 'live' END, CASE WHEN i % 2 = 0 THEN 887 + i END,
-  CASE WHEN i % 2 = 0 THEN '2026-03-01 12:00:00.000000' END, '2026-03-01 12:00:00.000000'
-FROM n
-"""
-_PG_SEED = f"""
-INSERT INTO {{table}} ({_COLUMNS})
-SELECT md5(i::text), 'seed-' || i, 'm-' || mod(i, 100), 'c-' || mod(i, 1000),
-  1000 + i, 'EUR', 'APPROVED', '', 'legacy', 'acq-eu', '411111', '1111', '', 1,
-  CASE WHEN mod(i, 2) = 0 THEN 'fxq-' || i END, CASE WHEN mod(i, 2) = 0 THEN 'GBP' END,
-  CASE WHEN mod(i, 2) = 0 THEN '0.856700' END, CASE WHEN mod(i, 2) = 0 THEN '0.035' END,
-  CASE WHEN mod(i, 2) = 0 THEN 'live' END, CASE WHEN mod(i, 2) = 0 THEN 887 + i END,
-  CASE WHEN mod(i, 2) = 0 THEN timestamptz '2026-03-01 12:00:00+00' END,
-  timestamptz '2026-03-01 12:00:00+00'
-FROM generate_series(1, {{rows}}) AS i
-"""
 
 
 @dataclass(frozen=True)
@@ -210,15 +182,8 @@ class Payments:
 def _seed(url: str, dialect: str, schema: str | None) -> None:
     from router.migrate import Migrator
 
+    seed_history(url, ROWS)
     db = open_database(url)
-    Ledger.open(url).close()
-    with db.engine.begin() as conn:
-        if dialect == "sqlite":
-            conn.exec_driver_sql(_SQLITE_SEED.format(rows=ROWS))
-        else:
-            conn.exec_driver_sql(
-                _PG_SEED.format(table=f'"{schema}".payment_transactions', rows=ROWS)
-            )
     if dialect == "postgresql":
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(

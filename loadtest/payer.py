@@ -8,8 +8,10 @@ fields, the `PaymentBook` learns each key's outcome, the `Recorder` every answer
 What counts as a failed call (``exception`` set): anything the payment's test card does not
 explain. A failing card (BIN 400119) answered UNAVAILABLE with the router's "retry with the
 same idempotency_key" is the documented answer, so it is reported under its own name as a
-success; an approving card that is declined, a replay with another payment id, a deadline,
-a transport error are failures.
+success; an approving card that is declined, a replay with another payment id, a deadline or
+transport error on the last attempt are failures. An attempt that ends in an unknown outcome
+(RETRYABLE) and is retried with the same key gets its own row, "Authorize [retried after
+CODE]": counted and timed, but the payment fails only if its last attempt does.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ FAILING_CARD = "Authorize [failing card: UNAVAILABLE expected]"
 GET = "GetPayment"
 CONVERT = "RecordConversion"
 ROUTER_RETRY_HINT = "retry with the same idempotency_key"
+# Outcomes the client cannot know (the router may or may not have recorded the payment): retried
+# with the same key, which the router's idempotency makes safe. CANCELLED is what a call racing
+# a router's shutdown gets (a rolling deploy) when this client did not cancel it.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 
 __all__ = ["Payer", "UnexpectedAnswer", "channel_to"]
 
@@ -212,13 +225,17 @@ class Payer:
             if refused and spec.kind == "fail":
                 self._fire(FAILING_CARD, start, elapsed, None, None, key=key, code=code.name)
                 continue
-            self._fire(name, start, elapsed, None, error, key=key, code=code.name)
-            if code not in (
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.INTERNAL,
-            ):
+            if code not in RETRYABLE:
+                self._fire(name, start, elapsed, None, error, key=key, code=code.name)
                 return None  # not retryable: INVALID_ARGUMENT, ALREADY_EXISTS, ...
+            if attempt == self.max_retries:
+                self._fire(name, start, elapsed, None, error, key=key, code=code.name)
+                return None
+            # An attempt the client recovers from by retrying with the same key: its own row
+            # in the stats (count and latency visible), not a failed payment. The payment fails
+            # only if the last attempt does.
+            self._fire(f"{AUTHORIZE} [retried after {code.name}]", start, elapsed, None, None,
+                       key=key, code=code.name)  # fmt: skip
         return None
 
     def replay(self) -> None:

@@ -21,10 +21,12 @@ from google.protobuf.json_format import MessageToDict
 
 from canary.local_prometheus import LocalPrometheus, checked_in_config
 from flagd.process import REPO, DaemonProcess, free_port
+from loadtest.history import seed_history
 from ripcord_pb.ripcord.admin.v1 import admin_pb2 as admin_pb
 from ripcord_pb.ripcord.admin.v1 import admin_pb2_grpc as admin_grpc
 
 FLAGS = REPO / "deploy" / "flags" / "payments.flagd.json"
+HISTORY_ROWS = 100_000
 
 __all__ = ["Child", "DemoFailed", "Stack"]
 
@@ -109,6 +111,10 @@ class Stack:
         self.fx_port = free_port(8099)
         self.spawn("fx-sim", [sys.executable, "-m", "router.fxsim", "--port", str(self.fx_port)])
         (self.work / "router").mkdir(parents=True, exist_ok=True)
+        # A ledger with history: rows from before the migration give the backfill real work.
+        seed_history(self.db_url, HISTORY_ROWS)
+        print(f"   the ledger starts with {HISTORY_ROWS:,} payments from before the migration",
+              flush=True)  # fmt: skip
         self.router = self.start_router(faults=())
         self.prometheus = LocalPrometheus(
             self.work / "prometheus",

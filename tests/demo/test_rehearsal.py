@@ -43,7 +43,11 @@ def test_the_rehearsal_releases_catches_the_regression_and_reports(tmp_path: Pat
     assert re.search(r"\| DCC experiment \| (TREATMENT-WINS|CONTROL-WINS|NO-DIFFERENCE|"
                      r"INSUFFICIENT-DATA) \|", text), text  # fmt: skip
     assert "lost 0, charged twice 0" in text
-    assert "backfill complete" in text
+    # The 100,000 rows from before the migration and every one written before the router
+    # dual-wrote were filled, beside the canary.
+    filled = re.search(r"\| expand \+ backfill \| expanded, backfill complete \| backfill "
+                       r"complete: ([0-9,]+) rows", text)  # fmt: skip
+    assert filled and int(filled.group(1).replace(",", "")) >= 100_000, text
     for mark in ("1%", "5%", "25%", "50%", "100%", "circuit open", "rollback → 0%"):
         assert f": {mark} (" in text, mark
     png = work / "timeline.png"
