@@ -30,21 +30,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from canary.flag import AdminFlag, FlagError
+from canary.machine import EXIT_ABORTED, EXIT_OK, EXIT_USAGE
 from canary.notify import Notifier
-from canary.rollout import (
-    DEFAULT_FLAG,
-    EXIT_ABORTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    AdminFlag,
-    Driver,
-    DriverBusy,
-    FlagError,
-    PlanError,
-    PrometheusAnalyses,
-    StateDir,
-    load_plan,
-)
+from canary.plan import PlanError, load_plan
+from canary.rollout import DEFAULT_FLAG, Driver, PrometheusAnalyses
+from canary.statedir import DriverBusy, StateDir
 
 __all__ = ["EXIT_OK", "build_parser", "main", "status_view"]
 

@@ -23,37 +23,29 @@ import pytest
 
 from canary import cli
 from canary.analysis import AnalysisRunner, Phase
-from canary.notify import Delivery, Notifier
-from canary.prometheus import PrometheusClient, PrometheusSpec, QueryResult
-from canary.rollout import (
+from canary.flag import FlagConflictError, FlagError, FlagView
+from canary.machine import (
     Abort,
     AnalysisEnded,
-    AnalysisOutcome,
     Done,
-    Driver,
-    DriverBusy,
-    FlagConflictError,
-    FlagError,
-    FlagView,
     Page,
-    PlanError,
     Promote,
     Rollback,
     RolloutPhase,
     RunAnalysis,
     SetWeight,
     Start,
-    StateDir,
-    Step,
-    StepKind,
     Tick,
     WeightSet,
     initial_state,
-    load_plan,
     next_action,
-    outcome_of,
-    readable_value,
 )
+from canary.notify import Delivery, Notifier
+from canary.outcome import AnalysisOutcome, outcome_of, readable_value
+from canary.plan import PlanError, Step, StepKind, load_plan
+from canary.prometheus import PrometheusClient, PrometheusSpec, QueryResult
+from canary.rollout import Driver
+from canary.statedir import DriverBusy, StateDir
 from canary.templates import prepare_run
 from flagd.process import REPO, free_port
 from tests.canary.replay import FakeClock
