@@ -332,7 +332,9 @@ class Rehearsal:
             "experiment", "judge", "--prometheus", s.prometheus.url, "--window", f"{window}s",
             "--min-conversions", str(MIN_CONVERSIONS),
         )  # fmt: skip
-        if code not in (0, 3):  # 3 = insufficient data: honest, not a failure of the demo
+        # 3 (insufficient data) and 4 (blocked by a sample-ratio mismatch) are verdicts the
+        # judge is right to give; only 1 (Prometheus unusable) and 2 (usage) fail the demo.
+        if code not in (0, 3, 4):
             raise DemoFailed(f"`ripcord experiment judge` exited {code}")
         lines = [ln.strip() for ln in output.splitlines()]
         verdict = lines[0].rpartition(": ")[2] if lines else "?"
