@@ -61,7 +61,7 @@ SHADOW = "payments.new-router.shadow"
 # 10 s window, where one of them would fail the 1% error gate by chance alone.
 LOAD = ["-u", "10", "-r", "10", "--pace", "7", "--failing-cards", "0"]
 # The simulated customers: treatment (DCC offered) completes the checkout more often.
-ACCEPT_RATES = "control=0.70,treatment=0.82"
+ACCEPT_RATES = "control=0.70,treatment=0.85"
 # The production floor is 10,000 conversions per variant; a two-minute rehearsal gets a few
 # hundred, so the judge runs with a lower floor (it prints the floor it used).
 MIN_CONVERSIONS = 100
