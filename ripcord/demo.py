@@ -73,6 +73,8 @@ REGRESSION = "new:latency=300ms"
 # on SQLite while the backfill runs beside the canary (bench/backfill.py measures the cost).
 BACKFILL_PACE = ["--batch-size", "500", "--sleep-ms", "50"]
 SOAK_S = 15.0  # at 100% before the flip: the experiment gathers data, the plot shows steady state
+MARKER = ".ripcord-demo"  # marks a work directory as the demo's own, safe to empty
+DEFAULT_WORKDIR = REPO / ".state" / "demo"
 
 
 def _say(text: str) -> None:
@@ -505,13 +507,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument(
-        "--workdir", default=str(REPO / ".state" / "demo"),
-        help="scratch directory: state, logs, report.md and timeline.png (emptied first)",
+        "--workdir", default=str(DEFAULT_WORKDIR),
+        help="scratch directory: state, logs, report.md and timeline.png (a previous "
+        "rehearsal's directory is emptied first; any other non-empty directory is refused)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
+    ours = work == DEFAULT_WORKDIR or (work / MARKER).exists()
+    if work.exists() and any(work.iterdir()) and not ours:
+        print(f"ripcord demo: {work} is not empty and not a rehearsal's directory: "
+              "choose another --workdir", file=sys.stderr)  # fmt: skip
+        return 2
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    (work / MARKER).write_text(
+        "written by `ripcord demo`: this directory is emptied by the next run\n"
+    )
     stack = Stack(work)
     rehearsal = Rehearsal(stack)
     try:

@@ -15,6 +15,13 @@ from pathlib import Path
 import pytest
 
 from flagd.process import REPO
+from ripcord import demo
+
+
+def test_a_workdir_that_is_not_the_demos_own_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert demo.main(["--workdir", str(tmp_path)]) == 2
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
 @pytest.mark.timeout(480)
