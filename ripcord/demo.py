@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -176,7 +177,7 @@ class Rehearsal:
         """`ripcord canary run` to its end, promoting at `pause: {}`; its final status."""
         s = self.stack
         state_dir = s.work / f"canary-{number}"
-        pages = s.work / "pages.jsonl"
+        pages = shlex.quote(str(s.work / "pages.jsonl"))
         args = ["canary", "run", "--server", s.admin_target, "--prometheus",
                 s.prometheus.url if s.prometheus else "", *GATE_ARGS, "--pause-scale", "0",
                 "--plain", "--state-dir", str(state_dir), "--user", "demo-release-bot",
