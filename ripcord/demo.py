@@ -40,15 +40,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import grpc
-
 from canary.local_prometheus import PrometheusMissing
 from flagd.process import REPO
+from loadtest.book import PaymentBook
 from loadtest.drill import FlipResult, Recorder, analyse_flip
+from loadtest.mix import PaymentSpec
+from loadtest.payer import Payer
 from ripcord import report
 from ripcord.demo_stack import Child, DemoFailed, Stack
-from ripcord_pb.ripcord.payments.v1 import payments_pb2 as pay
-from ripcord_pb.ripcord.payments.v1 import payments_pb2_grpc as pay_grpc
 from router.ledger import DEFAULT_PHASE_TTL
 
 RELEASE = "payments.new-router.enabled"
@@ -73,6 +72,9 @@ REGRESSION = "new:latency=300ms"
 # 500 rows per batch, 50 ms between batches: the router's p99 stays far below the 200 ms gate
 # on SQLite while the backfill runs beside the canary (bench/backfill.py measures the cost).
 BACKFILL_PACE = ["--batch-size", "500", "--sleep-ms", "50"]
+# Approving card, no DCC opt-in: probe payments never enter the experiment's counts.
+PROBE_PAYMENT = PaymentSpec("probe-merchant", "probe-customer", 1000, "EUR", "tok_probe",
+                            "424242", "4242", "EUR", dcc_opt_in=False, kind="approve")  # fmt: skip
 SOAK_S = 15.0  # at 100% before the flip: the experiment gathers data, the plot shows steady state
 MARKER = ".ripcord-demo"  # marks a work directory as the demo's own, safe to empty
 DEFAULT_WORKDIR = REPO / ".state" / "demo"
@@ -411,45 +413,46 @@ class Rehearsal:
 
 
 class _Probe:
-    """Probe payments at ~200/s from four threads, each recorded: which engine, when."""
+    """Probe payments from four threads through the load test's payment client, every answer
+    recorded (which engine, when) for `loadtest.drill.analyse_flip`."""
 
     def __init__(self, port: int) -> None:
         self.recorder = Recorder()
-        self.sent = 0
         self._stop = threading.Event()
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self._stub = pay_grpc.PaymentRouterStub(self._channel)
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                         for i in range(4)]  # fmt: skip
+        token = secrets.token_hex(4)
+        self._payers = [
+            Payer(f"127.0.0.1:{port}", report=_ignore, book=PaymentBook(),
+                  recorder=self.recorder, source=f"probe{n}", key_prefix=f"probe-{token}-{n}",
+                  deadline_s=2.0, max_retries=0)
+            for n in range(4)
+        ]  # fmt: skip
+        self._threads = [threading.Thread(target=self._run, args=(p,), daemon=True)
+                         for p in self._payers]  # fmt: skip
+
+    @property
+    def sent(self) -> int:
+        """Probe payments sent so far."""
+        return sum(p.count for p in self._payers)
 
     def start(self) -> None:
         for t in self._threads:
             t.start()
 
-    def _run(self, n: int) -> None:
-        i = 0
+    def _run(self, payer: Payer) -> None:
         while not self._stop.is_set():
-            i += 1
-            self.sent += 1
-            request = pay.AuthorizeRequest(
-                idempotency_key=f"probe-{n}-{i}-{secrets.token_hex(4)}",
-                merchant_id=f"probe-merchant-{i % 50}", customer_id=f"probe-{n}",
-                amount_minor=1000, currency="EUR",
-                card=pay.Card(token="tok_probe", bin="424242", last4="4242", currency="EUR"),
-            )  # fmt: skip
-            token, _ = self.recorder.begin()
-            try:
-                reply = self._stub.Authorize(request, timeout=2)
-                self.recorder.end(token, reply.engine, int(reply.flag_version), f"probe{n}")
-            except grpc.RpcError:
-                self.recorder.end(token)
+            payer.pay(PROBE_PAYMENT)
             self._stop.wait(0.02)
 
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
             t.join(5)
-        self._channel.close()
+        for p in self._payers:
+            p.close()
+
+
+def _ignore(**_: Any) -> None:
+    """Probe calls are not load-test statistics."""
 
 
 def _echo(stream: IO[str], prefix: str) -> None:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from canary.local_prometheus import LocalPrometheus, checked_in_config
 from flagd.process import REPO, DaemonProcess, free_port
 from loadtest.history import seed_history
+from loadtest.stack import router_versions
 from ripcord_pb.ripcord.admin.v1 import admin_pb2 as admin_pb
 from ripcord_pb.ripcord.admin.v1 import admin_pb2_grpc as admin_grpc
 
@@ -202,14 +202,10 @@ class Stack:
         request = admin_pb.SetDefaultVariantRequest(key=key, variant=variant, reason=reason)
         return self.call(self.admin.SetDefaultVariant, request)
 
-    def router_version(self) -> float:
-        """The flag version the current router process serves (its /metrics)."""
+    def router_version(self) -> int:
+        """The flag version the current router process serves (0 while it does not answer)."""
         url = f"http://127.0.0.1:{self.router_metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("payments_flags") and 'what="version"' in line:
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return router_versions([url])[0][0]
 
     def wait_router_version(
         self, version: int, timeout: float = 10.0, process: Child | None = None
@@ -217,11 +213,8 @@ class Stack:
         """Poll the router until it serves ``version``; returns when (unix time)."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                if self.router_version() >= version:
-                    return time.time()
-            except OSError:
-                pass  # not listening yet
+            if self.router_version() >= version:  # 0 while it is not listening yet
+                return time.time()
             if process is not None and process.proc.poll() is not None:
                 raise DemoFailed(f"{process.name} exited:\n{process.tail()}")
             if time.monotonic() > deadline:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from flagd.control import rollout_of
+
 RELEASE = "payments.new-router.enabled"
 CIRCUIT = "payments.new-router.circuit-open"
 ENGINES = ("legacy", "new")
@@ -102,15 +104,11 @@ def fetch_series(prometheus: RangeQuery, start: float, end: float, step: float =
 
 
 def on_weight(flag: Mapping[str, Any] | None) -> int | None:
-    """The `on` weight of the release flag's fractional rollout (None when it has none)."""
-    targeting = (flag or {}).get("targeting") or {}
-    buckets = targeting.get("fractional") if isinstance(targeting, dict) else None
-    if not isinstance(buckets, list):
-        return None
-    weights = {b[0]: b[1] for b in buckets if isinstance(b, list) and len(b) == 2}
-    total = sum(w for w in weights.values() if isinstance(w, (int, float)))
-    on = weights.get("on", 0)
-    return round(100 * on / total) if total and isinstance(on, (int, float)) else None
+    """The `on` weight (%) of the release flag's fractional rollout (None when it has none)."""
+    weights = rollout_of(dict(flag or {}))
+    total = sum(w.weight for w in weights)
+    on = sum(w.weight for w in weights if w.variant == "on")
+    return round(100 * on / total) if total else None
 
 
 def marks_from_audit(changes: Iterable[Mapping[str, Any]]) -> list[Mark]:

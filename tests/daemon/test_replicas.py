@@ -3,7 +3,6 @@ the streams of all of them (LISTEN/NOTIFY), and they serve the same flags."""
 
 from __future__ import annotations
 
-import os
 import queue
 import secrets
 import time
@@ -17,10 +16,10 @@ from psycopg import sql
 from ripcord_pb.flagd.evaluation.v2 import evaluation_pb2 as v2
 from ripcord_pb.flagd.sync.v1 import sync_pb2
 from ripcord_pb.ripcord.admin.v1 import admin_pb2 as pb
+from tests.conftest import PG_URL
 from tests.daemon.conftest import REPO
 from tests.daemon.test_streams_and_sources import pump
 
-PG_URL = os.environ.get("RIPCORD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 FLAGS = REPO / "deploy" / "flags" / "payments.flagd.json"
 CIRCUIT = "payments.new-router.circuit-open"
 

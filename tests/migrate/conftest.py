@@ -8,11 +8,8 @@ the audit trail or the backfill's gate flag.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import random
-import secrets
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,9 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy import insert, select, text
 
 from flagd.process import REPO, DaemonProcess
@@ -36,37 +31,13 @@ from router.ledger import (
     request_fingerprint,
 )
 from router.schema import idempotency_keys, payment_transactions, payment_transactions_fx
+from tests.conftest import fresh_pg_url
 
-PG_URL = os.environ.get("RIPCORD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-SESSION_TAG = f"rcmig_{os.getpid()}_{secrets.token_hex(3)}"
 FLAGS = REPO / "deploy" / "flags" / "payments.flagd.json"
 OPERATOR_TOKEN = "migrate-tests-operator-0123456789"
-_schemas = itertools.count(1)
 
 FP = request_fingerprint({"test": "migrate"})
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def pg_admin() -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    """An autocommit connection to the test database; drops this session's schemas at the end."""
-    try:
-        conn = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required for tests/migrate ({PG_URL}): {exc}")
-    yield conn
-    rows = conn.execute(
-        "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (SESSION_TAG + "%",)
-    ).fetchall()
-    for (name,) in rows:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
-    conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Which database the test runs on."""
-    return str(request.param)
 
 
 @pytest.fixture
@@ -75,7 +46,7 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'payments' / 'payments.db'}"
     request.getfixturevalue("pg_admin")
-    return f"{PG_URL}?schema={SESSION_TAG}_{next(_schemas)}"
+    return fresh_pg_url()
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ from router.backfill import BackfillSettings, BackfillWorker
 from router.ledger import Ledger, LedgerDatabase, fx_snapshot, open_database
 from router.migrate import CHECK_NAME, DdlPolicy, MigrationError, Migrator
 from router.schema import detect_phase, snapshot_column_state
+from tests.conftest import PG_URL
 from tests.migrate.conftest import (
     FP,
-    PG_URL,
     assert_snapshots_match_legacy,
     fx_fields,
     make_payment,

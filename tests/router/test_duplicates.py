@@ -26,9 +26,9 @@ from flagd.process import REPO, DaemonProcess, free_port
 from ripcord_pb.ripcord.payments.v1 import payments_pb2 as pb
 from ripcord_pb.ripcord.payments.v1 import payments_pb2_grpc
 from router.ledger import Ledger
+from tests.conftest import PG_URL
 from tests.router.test_service import FLAGS
 
-PG_URL = os.environ.get("RIPCORD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DUPLICATES = 16
 KILL_CLIENTS = 8
 KILL_AFTER_ACKS = 60

@@ -23,11 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import sql
 from sqlalchemy import insert, inspect, text
 from sqlalchemy.exc import IntegrityError
 
@@ -44,11 +42,9 @@ from router.ledger import (
     request_fingerprint,
 )
 from router.schema import payment_transactions
+from tests.conftest import fresh_pg_url
 
 REPO = Path(__file__).resolve().parents[2]
-PG_URL = os.environ.get("RIPCORD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-SESSION_TAG = f"rcledger_{os.getpid()}_{secrets.token_hex(3)}"
-_schemas = itertools.count(1)
 
 FP_A = request_fingerprint({"amount_minor": 1000, "currency": "EUR"})
 FP_B = request_fingerprint({"amount_minor": 2000, "currency": "EUR"})
@@ -57,35 +53,13 @@ FP_B = request_fingerprint({"amount_minor": 2000, "currency": "EUR"})
 # ---- fixtures --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pg_admin() -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    """An autocommit connection to the test database; drops this run's schemas at the end."""
-    try:
-        conn = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required for the ledger tests ({PG_URL}): {exc}")
-    yield conn
-    rows = conn.execute(
-        "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (SESSION_TAG + "%",)
-    ).fetchall()
-    for (name,) in rows:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
-    conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Which database the test runs on."""
-    return str(request.param)
-
-
 @pytest.fixture
 def ledger_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """The URL of a fresh, empty ledger on the test's backend."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger' / 'ledger.db'}"
     request.getfixturevalue("pg_admin")
-    return f"{PG_URL}?schema={SESSION_TAG}_{next(_schemas)}"
+    return fresh_pg_url()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import grpc
 import pytest
 
 from flagd.process import REPO, DaemonProcess, free_port
+from loadtest.stack import consecutive_free_ports
 from ripcord_pb.ripcord.admin.v1 import admin_pb2, admin_pb2_grpc
 from ripcord_pb.ripcord.payments.v1 import payments_pb2 as pb
 from ripcord_pb.ripcord.payments.v1 import payments_pb2_grpc
@@ -52,25 +52,6 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if series.split("{", 1)[0] == name and all(w in series for w in wanted):
             total += float(value)
     return total
-
-
-def consecutive_free_ports(n: int) -> int:
-    """A base port p with p..p+n-1 all free on loopback (the children take --metrics-port + i)."""
-    for _ in range(50):
-        base = free_port()
-        sockets: list[socket.socket] = []
-        try:
-            for i in range(n):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise OSError(f"no {n} consecutive free ports")
 
 
 @dataclass

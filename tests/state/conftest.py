@@ -7,8 +7,6 @@ gets its own schema, named after this session; all of them are dropped when the 
 from __future__ import annotations
 
 import itertools
-import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -16,40 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from flagd.state import ChangeRecord, StateStore
+from tests.conftest import fresh_pg_url
 
 REPO = Path(__file__).resolve().parents[2]
-PG_URL = os.environ.get("RIPCORD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-SESSION_TAG = f"rctest_{os.getpid()}_{secrets.token_hex(3)}"
-_schemas = itertools.count(1)
 
 OpenStore = Callable[..., StateStore]
-
-
-@pytest.fixture(scope="session")
-def pg_admin() -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    """An autocommit connection to the test database; drops this session's schemas at the end."""
-    try:
-        conn = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required for tests/state ({PG_URL}): {exc}")
-    yield conn
-    rows = conn.execute(
-        "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (SESSION_TAG + "%",)
-    ).fetchall()
-    for (name,) in rows:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
-    conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Which database the test runs on."""
-    return str(request.param)
 
 
 def pg_schema(url: str) -> str:
@@ -66,7 +38,7 @@ def fresh_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> C
         if backend == "sqlite":
             return f"sqlite:///{tmp_path / f'state{next(counter)}' / 'flagd.db'}"
         request.getfixturevalue("pg_admin")
-        return f"{PG_URL}?schema={SESSION_TAG}_{next(_schemas)}"
+        return fresh_pg_url()
 
     return make
 
