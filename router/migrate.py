@@ -235,15 +235,8 @@ class Migrator:
                 conn.exec_driver_sql(
                     f"ALTER TABLE {self.table} ADD COLUMN {SNAPSHOT_COLUMN} {wanted}"
                 )
-            now = self.clock()
-            set_head(conn, "expanded", REV_EXPAND, now)
-            journal(
-                conn,
-                at=now,
-                action="upgrade",
-                revision=REV_EXPAND,
-                actor=self.actor,
-                detail={"step": f"ADD COLUMN {SNAPSHOT_COLUMN} {wanted} NULL"},
+            self._upgrade_head(
+                conn, "expanded", REV_EXPAND, f"ADD COLUMN {SNAPSHOT_COLUMN} {wanted} NULL"
             )
 
         return [self._ddl("expand: ADD COLUMN fx_rate_snapshot (nullable, no default)", add)]
@@ -299,15 +292,8 @@ class Migrator:
 
         def set_not_null(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE {t} ALTER COLUMN {SNAPSHOT_COLUMN} SET NOT NULL")
-            now = self.clock()
-            set_head(conn, "contracted", REV_CONTRACT, now)
-            journal(
-                conn,
-                at=now,
-                action="upgrade",
-                revision=REV_CONTRACT,
-                actor=self.actor,
-                detail={"step": f"SET NOT NULL (proved by the valid check {c})"},
+            self._upgrade_head(
+                conn, "contracted", REV_CONTRACT, f"SET NOT NULL (proved by the valid check {c})"
             )
 
         reports.append(
@@ -405,15 +391,8 @@ class Migrator:
         problems = conn.exec_driver_sql("PRAGMA foreign_key_check").all()  # 10.
         if problems:
             raise MigrationError(f"foreign key check failed after the rebuild: {problems[:5]}")
-        now = self.clock()
-        set_head(conn, "contracted", REV_CONTRACT, now)
-        journal(
-            conn,
-            at=now,
-            action="upgrade",
-            revision=REV_CONTRACT,
-            actor=self.actor,
-            detail={"step": "SQLite table rebuild with fx_rate_snapshot NOT NULL"},
+        self._upgrade_head(
+            conn, "contracted", REV_CONTRACT, "SQLite table rebuild with fx_rate_snapshot NOT NULL"
         )
         # 11. COMMIT on leaving the block.
 
@@ -574,6 +553,19 @@ class Migrator:
             {"table": self.table, "column": SNAPSHOT_COLUMN},
         ).scalar()
         return None if value is None else str(value)
+
+    def _upgrade_head(self, conn: Connection, phase: SchemaPhase, revision: str, step: str) -> None:
+        """Move the head to ``phase`` and journal the step, in the DDL's own transaction."""
+        now = self.clock()
+        set_head(conn, phase, revision, now)
+        journal(
+            conn,
+            at=now,
+            action="upgrade",
+            revision=revision,
+            actor=self.actor,
+            detail={"step": step},
+        )
 
     def _ddl(self, name: str, body: Callable[[Connection], None]) -> StepReport:
         """Run ``body`` in one transaction under a lock timeout; retry lock timeouts."""
